@@ -1,0 +1,200 @@
+//! `--demo N`: see a server model at work with one command, no second terminal.
+//!
+//! The demo starts the *same* server binary again as a separate process (without `--demo`, on a
+//! port the OS picks), runs N scripted clients against it, one thread each, a little apart so
+//! they connect in order, and prints a timeline on stdout: when each client connected, when it
+//! was greeted (and by which pid/tid), what it sent and when the answer came. The server's own
+//! narration appears on stderr in between. At the end the demo stops the server with SIGTERM and
+//! prints a summary.
+//!
+//! The server runs in its own process on purpose: a fork server must stay single-threaded, and
+//! the demo's client threads would break that if they shared its process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::protocol::Model;
+
+/// What one demo client does: the request lines it sends, in order, one after another.
+pub type Script = Vec<String>;
+
+/// Runs the demo for `model` with `clients` clients; `script(i)` gives client `i`'s requests
+/// (clients are numbered from 1). `intro` is printed first: one or two sentences saying what to
+/// watch for. Exits the process when done.
+pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Script) -> ! {
+    let (mut server, port) = start_server();
+    let clock = Instant::now();
+    let out = Arc::new(Mutex::new(()));
+    println!(
+        "== demo: {model} server (pid {}) on 127.0.0.1:{port}, {clients} clients ==",
+        server.id()
+    );
+    println!("{intro}");
+    println!("(timeline on stdout; the server's narration on stderr)\n");
+
+    let mut handles = Vec::new();
+    for i in 1..=clients {
+        let lines = script(i);
+        let out = Arc::clone(&out);
+        handles.push(thread::spawn(move || {
+            run_client(i, port, lines, clock, &out)
+        }));
+        thread::sleep(Duration::from_millis(100)); // so they connect in order
+    }
+    let summaries: Vec<Summary> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+
+    stop_server(&mut server);
+    println!("\n== summary ==");
+    println!("client  connected  greeted after  served by");
+    for s in &summaries {
+        println!(
+            "{:>6}  {:>8.3}s  {:>12}  {}",
+            s.client,
+            s.connected_at,
+            s.waited_for_hello
+                .map(|w| format!("{:.0} ms", w * 1000.0))
+                .unwrap_or_else(|| "never".into()),
+            s.greeting.as_deref().unwrap_or("-")
+        );
+    }
+    std::process::exit(0);
+}
+
+struct Summary {
+    client: u32,
+    connected_at: f64,
+    waited_for_hello: Option<f64>,
+    greeting: Option<String>,
+}
+
+fn run_client(i: u32, port: u16, lines: Script, clock: Instant, out: &Mutex<()>) -> Summary {
+    let say = |what: String| {
+        let _guard = out.lock().unwrap_or_else(|p| p.into_inner());
+        println!("{:8.3}s  client {i}  {what}", clock.elapsed().as_secs_f64());
+        let _ = std::io::stdout().flush();
+    };
+    let mut summary = Summary {
+        client: i,
+        connected_at: 0.0,
+        waited_for_hello: None,
+        greeting: None,
+    };
+    let stream = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => {
+            say(format!("could not connect: {e}"));
+            return summary;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let connected = clock.elapsed().as_secs_f64();
+    summary.connected_at = connected;
+    say("connected (the kernel finished the handshake; now waiting for HELLO)".into());
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let read = |reader: &mut BufReader<&TcpStream>| -> Option<String> {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end().to_string()),
+        }
+    };
+    match read(&mut reader) {
+        Some(hello) => {
+            let waited = clock.elapsed().as_secs_f64() - connected;
+            say(format!("<- {hello}   (waited {:.0} ms)", waited * 1000.0));
+            summary.waited_for_hello = Some(waited);
+            summary.greeting = Some(hello.trim_start_matches("HELLO ").to_string());
+        }
+        None => {
+            say("the server closed before greeting".into());
+            return summary;
+        }
+    }
+    for request in lines {
+        say(format!("-> {request}"));
+        if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
+            say("the server is gone".into());
+            return summary;
+        }
+        // Lines that are not replies (MSG from other clients) may come first.
+        loop {
+            match read(&mut reader) {
+                Some(line) if line.starts_with("MSG ") => say(format!("<- {line}   (a broadcast)")),
+                Some(line) => {
+                    say(format!("<- {line}"));
+                    break;
+                }
+                None => {
+                    say("the server closed the connection".into());
+                    return summary;
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// Starts this very program again as the server: our arguments without `--demo N`, on port 0
+/// unless `--port` was given. Returns the child and the port from its `listening on` line.
+fn start_server() -> (Child, u16) {
+    let exe = std::env::current_exe()
+        .unwrap_or_else(|e| crate::exit_with_error(&format!("cannot find my own binary: {e}")));
+    let mut args: Vec<String> = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--demo" {
+            given.next();
+        } else if !arg.starts_with("--demo=") {
+            args.push(arg);
+        }
+    }
+    if !args
+        .iter()
+        .any(|a| a == "--port" || a.starts_with("--port="))
+    {
+        args.extend(["--port".to_string(), "0".to_string()]);
+    }
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| crate::exit_with_error(&format!("cannot start the server: {e}")));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    let port = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok());
+    match port {
+        Some(port) => (child, port),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            crate::exit_with_error("the server did not start (see its message above)");
+        }
+    }
+}
+
+fn stop_server(server: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = server.try_wait() {
+            println!("\nserver stopped with SIGTERM: {status}");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    println!("\nserver did not stop within 10 s of SIGTERM; killed it");
+}

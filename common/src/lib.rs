@@ -1,0 +1,36 @@
+//! What every netlabs lab shares, so that each lab's own code is only its server model.
+//!
+//! - [`protocol`]: the line protocol (requests, replies, limits);
+//! - [`framing`]: cutting a byte stream into lines, safely;
+//! - [`session`]: answering requests, and the blocking read-answer loop;
+//! - [`cli`]: the shared command-line flags;
+//! - [`listener`]: the listening socket and the `listening on` line;
+//! - [`narrate`]: what the server tells the student on stderr;
+//! - [`signals`]: stopping cleanly on SIGINT/SIGTERM;
+//! - [`client`]: the interactive client;
+//! - [`demo`]: the one-command demo with its timeline.
+
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod framing;
+pub mod listener;
+pub mod narrate;
+pub mod protocol;
+pub mod session;
+pub mod signals;
+
+pub use protocol::Model;
+
+/// Prints `error: <message>` on stderr and exits with status 2, the contract's status for bad
+/// usage and for an address that cannot be bound. No panic, no backtrace.
+pub fn exit_with_usage_error(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2);
+}
+
+/// Prints `error: <message>` on stderr and exits with status 1: a failure while running.
+pub fn exit_with_error(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}

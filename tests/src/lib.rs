@@ -1,0 +1,563 @@
+//! The acceptance-test harness: run the labs' real binaries as separate processes and check them
+//! from the outside, the way an instructor (or a student with `ss` and `ps`) would.
+//!
+//! - [`binary`] builds a lab's binaries once per test process (`cargo build -p <package> --bins`)
+//!   and finds them through cargo's JSON messages, so a plain `cargo test` on a clean checkout
+//!   never runs a stale or missing binary.
+//! - [`Server`] starts a server with `--port 0`, reads its `listening on` line, keeps its stderr,
+//!   and on drop kills its whole process group (forked children too) and reaps it.
+//! - [`Client`] speaks the protocol with a timeout on every read.
+//! - [`procfs`] reads the observable truth: parents, threads, descriptors, zombies, the backlog.
+//!
+//! Every wait here is bounded. Nothing forks inside the test process (we only spawn).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+pub mod procfs;
+
+/// How long any single read from a server may take before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to print `listening on`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cargo package that ships each binary (the contract's table).
+fn package_of(binary: &str) -> Option<&'static str> {
+    Some(match binary {
+        "iterative-server" | "iterative-client" => "lab01-iterative",
+        "fork-server" | "fork-client" => "lab02-fork",
+        "thread-server" | "thread-client" => "lab03-thread",
+        "multiplex-server" | "multiplex-client" => "lab04-multiplex",
+        "ipc-server" | "ipc-client" => "lab05-ipc",
+        "bench" => "bench",
+        _ => return None,
+    })
+}
+
+/// The workspace root (the folder above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+type Built = Result<HashMap<String, PathBuf>, String>;
+static BUILDS: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<Built>>>>> = OnceLock::new();
+
+/// The path of a workspace binary, built (once per test process) if needed.
+///
+/// Cargo builds only the test crate's own dependencies for `cargo test`, not other packages'
+/// binaries, so we ask cargo to build the package and read each binary's path from its JSON
+/// output. This is quick when nothing changed. A binary that is missing or does not build makes
+/// the test fail with cargo's own message.
+pub fn binary(name: &str) -> PathBuf {
+    let package =
+        package_of(name).unwrap_or_else(|| panic!("no package ships a binary named {name:?}"));
+    let cell = {
+        let mut builds = BUILDS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(builds.entry(package).or_default())
+    };
+    let built = cell.get_or_init(|| build_package(package));
+    match built {
+        Ok(binaries) => binaries.get(name).cloned().unwrap_or_else(|| {
+            panic!(
+                "package {package} built, but it has no binary {name:?} (it has: {:?})",
+                binaries.keys()
+            )
+        }),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_package(package: &str) -> Built {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package,
+            "--bins",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo to build {package}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo build -p {package} --bins` failed ({}); is the package in the workspace and does it compile?",
+            output.status
+        ));
+    }
+    let mut binaries = HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(exe), Some(name)) = (
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        binaries.insert(name.to_string(), PathBuf::from(exe));
+    }
+    Ok(binaries)
+}
+
+/// A server process started for a test. Dropping it kills its process group and reaps it.
+pub struct Server {
+    child: Child,
+    /// The address from its `listening on` line.
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stdout_rest: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `binary` with `--port 0` and `args`, waits for `listening on`, and returns it.
+    pub fn start(binary_name: &str, args: &[&str]) -> Server {
+        Self::try_start(binary_name, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`start`](Self::start), but returns what went wrong instead of panicking.
+    pub fn try_start(binary_name: &str, args: &[&str]) -> Result<Server, String> {
+        let path = binary(binary_name);
+        let mut command = Command::new(&path);
+        command
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that drop can kill it and every child it forked.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        let stderr = collect(child.stderr.take().expect("piped"));
+        let (line_tx, line_rx) = mpsc::channel();
+        let stdout_rest = Arc::new(Mutex::new(String::new()));
+        {
+            let stdout = child.stdout.take().expect("piped");
+            let rest = Arc::clone(&stdout_rest);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let _ = line_tx.send(first);
+                let mut tail = String::new();
+                let _ = reader.read_to_string(&mut tail);
+                rest.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&tail);
+            });
+        }
+        let first = line_rx.recv_timeout(START_TIMEOUT);
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            stderr,
+            stdout_rest,
+        };
+        let line = match first {
+            Ok(line) => line,
+            Err(_) => return Err(format!("{binary_name} printed no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.stderr())),
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => {
+                server.addr = addr;
+                Ok(server)
+            }
+            None => {
+                // Let the process finish so its stderr is complete.
+                let _ = server.wait_exit(Duration::from_secs(5));
+                Err(format!(
+                    "{binary_name}: expected `listening on IP:PORT`, got {line:?}; stderr:\n{}",
+                    server.stderr()
+                ))
+            }
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Everything it wrote to stderr so far (its narration).
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What it wrote to stdout after the `listening on` line (complete once it has exited).
+    pub fn stdout_rest(&self) -> String {
+        self.stdout_rest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connects a client (without reading `HELLO`).
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Connects a client and reads its `HELLO`.
+    pub fn greeted(&self) -> Client {
+        let mut client = self.connect();
+        client.read_hello();
+        client
+    }
+
+    /// Sends `signal` to the server process (not its children).
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("the server process exists");
+    }
+
+    /// Waits at most `timeout` for the server to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` and waits (at most `timeout`) for the exit status. Panics if it does not exit.
+    pub fn stop_with(&mut self, signal: Signal, timeout: Duration) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!(
+                "server did not exit within {timeout:?} of {signal}; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Process ids whose parent is the server (its live or zombie children).
+    pub fn children(&self) -> Vec<i32> {
+        procfs::children_of(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The whole group: the server and any child it forked (they share its process group).
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a pipe to the end in a thread, keeping what it says.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut line) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
+    });
+    text
+}
+
+/// Runs a command to completion with stdin closed, with a time limit; returns (status, stdout,
+/// stderr). For `--help`, a port in use, the clients, the demo.
+pub fn run_with_timeout(mut command: Command, timeout: Duration) -> (ExitStatus, String, String) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn().expect("spawn");
+    let out = collect(child.stdout.take().expect("piped"));
+    let err = collect(child.stderr.take().expect("piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes close when the process exits; give the reader threads a moment to drain them.
+    let drained = Instant::now() + Duration::from_secs(5);
+    thread::sleep(Duration::from_millis(20));
+    while Instant::now() < drained && Arc::strong_count(&out) > 1 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let out = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let err = err.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (status, out, err)
+}
+
+/// What a `HELLO` or `WHO` reply said about who serves a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The model word.
+    pub model: String,
+    /// The serving process.
+    pub pid: i32,
+    /// The serving OS thread.
+    pub tid: i32,
+}
+
+/// Parses `HELLO <model> pid=<pid> tid=<tid>` or `OK model=<model> pid=.. tid=.. client=..`.
+pub fn parse_served(line: &str) -> Option<Served> {
+    let mut model = None;
+    let mut pid = None;
+    let mut tid = None;
+    let mut words = line.split(' ');
+    match words.next()? {
+        "HELLO" => model = words.next().map(str::to_string),
+        "OK" => {}
+        _ => return None,
+    }
+    for word in words {
+        if let Some(m) = word.strip_prefix("model=") {
+            model = Some(m.to_string());
+        } else if let Some(p) = word.strip_prefix("pid=") {
+            pid = p.parse().ok();
+        } else if let Some(t) = word.strip_prefix("tid=") {
+            tid = t.parse().ok();
+        }
+    }
+    Some(Served {
+        model: model?,
+        pid: pid?,
+        tid: tid?,
+    })
+}
+
+/// A test's connection to a server. Every read has a timeout.
+pub struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    /// `MSG` lines that arrived while we waited for a reply.
+    pub messages: VecDeque<String>,
+    /// What `HELLO` said, once read.
+    pub hello: Option<Served>,
+}
+
+impl Client {
+    /// Connects (with a timeout) and sets the read timeout.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client {
+            stream,
+            reader,
+            messages: VecDeque::new(),
+            hello: None,
+        }
+    }
+
+    /// Sets how long a read may wait.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set timeout");
+    }
+
+    /// Reads the `HELLO` line and remembers who serves us. Panics if it does not come in time.
+    pub fn read_hello(&mut self) -> Served {
+        let line = self.read_line().unwrap_or_else(|e| panic!("no HELLO: {e}"));
+        let served = parse_served(&line)
+            .filter(|_| line.starts_with("HELLO "))
+            .unwrap_or_else(|| panic!("expected HELLO, got {line:?}"));
+        self.hello = Some(served.clone());
+        served
+    }
+
+    /// Sends raw bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to server");
+    }
+
+    /// Sends one line (adds `\n`).
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes());
+    }
+
+    /// Reads the next line, whatever it is, without its line end. `Err` on timeout or close.
+    pub fn read_line(&mut self) -> Result<String, String> {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                Ok(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+            Err(e) => Err(format!("read failed: {e}")),
+        }
+    }
+
+    /// Reads the next line that is not a `MSG` (those are kept in [`messages`](Self::messages)).
+    pub fn read_reply(&mut self) -> Result<String, String> {
+        loop {
+            let line = self.read_line()?;
+            if line.starts_with("MSG ") {
+                self.messages.push_back(line);
+            } else {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply. Panics (with the request) if none comes in time.
+    pub fn request(&mut self, line: &str) -> String {
+        self.send(line);
+        self.read_reply()
+            .unwrap_or_else(|e| panic!("no reply to {line:?}: {e}"))
+    }
+
+    /// The next `MSG` line (already received or arriving within the timeout).
+    pub fn next_message(&mut self) -> Result<String, String> {
+        if let Some(message) = self.messages.pop_front() {
+            return Ok(message);
+        }
+        let line = self.read_line()?;
+        if line.starts_with("MSG ") {
+            Ok(line)
+        } else {
+            Err(format!("expected a MSG, got {line:?}"))
+        }
+    }
+
+    /// True if the server closes the connection (EOF or reset) within the read timeout,
+    /// skipping any lines (such as `BYE`) that come first.
+    pub fn closes(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Shuts down our sending side (half-close): the server sees end of stream.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Closes with a reset (RST) instead of a normal close: SO_LINGER with a zero timeout.
+    pub fn reset(self) {
+        let socket = socket2::SockRef::from(&self.stream);
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        drop(self);
+    }
+
+    /// The socket, for anything else.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+/// For waiting on something observable (a process gone, a count back to baseline), never to
+/// "give the server time".
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hello_and_who() {
+        assert_eq!(
+            parse_served("HELLO fork pid=10 tid=11"),
+            Some(Served {
+                model: "fork".into(),
+                pid: 10,
+                tid: 11
+            })
+        );
+        assert_eq!(
+            parse_served("OK model=thread pid=10 tid=12 client=3"),
+            Some(Served {
+                model: "thread".into(),
+                pid: 10,
+                tid: 12
+            })
+        );
+        assert_eq!(parse_served("OK 3"), None);
+        assert_eq!(parse_served("ERR x"), None);
+    }
+
+    #[test]
+    fn an_unknown_binary_is_a_clear_failure() {
+        let result = std::panic::catch_unwind(|| binary("no-such-server"));
+        let message = *result.unwrap_err().downcast::<String>().unwrap();
+        assert!(
+            message.contains("no package ships a binary named"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Reading the observable truth about processes from `/proc` (and the accept queue from `ss`).
+
+use std::fs;
+use std::process::Command;
+
+/// The fields of `/proc/<pid>/stat` the tests care about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// The process id.
+    pub pid: i32,
+    /// The command name (in parentheses in the file).
+    pub comm: String,
+    /// R, S, D, Z (zombie), T ...
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: i32,
+    /// The process group.
+    pub pgrp: i32,
+}
+
+/// Parses `/proc/<pid>/stat`; `None` if the process is gone.
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name can hold spaces and parentheses: it runs to the *last* ')'.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let mut rest = text[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// True if the process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// Every process whose parent is `pid` (zombies included).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.ppid == pid))
+        .collect()
+}
+
+/// The children of `pid` that are zombies (exited, not yet reaped).
+pub fn zombie_children_of(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.ppid == pid && s.state == 'Z'))
+        .collect()
+}
+
+/// Every process in process group `pgrp` that is not a zombie.
+pub fn live_in_group(pgrp: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.pgrp == pgrp && s.state != 'Z'))
+        .collect()
+}
+
+fn all_pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The thread ids of a process, from `/proc/<pid>/task`.
+pub fn threads(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// How many descriptors the process has open, from `/proc/<pid>/fd`.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of the process in KiB (VmRSS in `/proc/<pid>/status`).
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The accept queue of the TCP socket listening on `port`, as `ss -ltn` shows it:
+/// `(Recv-Q, Send-Q)` = (connections waiting to be accepted, the backlog).
+pub fn listen_queue(port: u16) -> Result<(u32, u32), String> {
+    let output = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .map_err(|e| format!("cannot run `ss` (package iproute2): {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("LISTEN"))
+        .ok_or_else(|| format!("no LISTEN socket on port {port} in `ss -ltn`: {text:?}"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let recv_q = fields
+        .get(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or("bad Recv-Q")?;
+    let send_q = fields
+        .get(2)
+        .and_then(|f| f.parse().ok())
+        .ok_or("bad Send-Q")?;
+    Ok((recv_q, send_q))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id() as i32;
+        let s = stat(me).expect("we exist");
+        assert_eq!(s.pid, me);
+        assert!(matches!(s.state, 'R' | 'S'));
+        assert!(!threads(me).is_empty());
+        assert!(fd_count(me) >= 3);
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(children_of(s.ppid).contains(&me));
+    }
+}

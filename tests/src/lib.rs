@@ -54,7 +54,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 type Built = Result<HashMap<String, PathBuf>, String>;
-static BUILDS: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<Built>>>>> = OnceLock::new();
+/// One build per package per test process; other tests of the same package wait for it.
+type BuildCell = Arc<OnceLock<Built>>;
+static BUILDS: OnceLock<Mutex<HashMap<&'static str, BuildCell>>> = OnceLock::new();
 
 /// The path of a workspace binary, built (once per test process) if needed.
 ///

@@ -156,7 +156,7 @@ impl Server {
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
-        let stderr = collect(child.stderr.take().expect("piped"));
+        let stderr = collect(child.stderr.take().expect("piped")).text;
         let (line_tx, line_rx) = mpsc::channel();
         let stdout_rest = Arc::new(Mutex::new(String::new()));
         {
@@ -288,10 +288,26 @@ impl Drop for Server {
     }
 }
 
+/// What a pipe said, read to its end by a thread.
+struct Collected {
+    text: Arc<Mutex<String>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Collected {
+    /// Waits (at most `timeout`) for the writer to close the pipe, then returns the text.
+    fn finish(self, timeout: Duration) -> String {
+        let _ = self.done.recv_timeout(timeout);
+        let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+        text.clone()
+    }
+}
+
 /// Reads a pipe to the end in a thread, keeping what it says.
-fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+fn collect(pipe: impl Read + Send + 'static) -> Collected {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&text);
+    let (done_tx, done) = mpsc::channel();
     thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut line = Vec::new();
@@ -304,8 +320,9 @@ fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
                 .push_str(&String::from_utf8_lossy(&line));
             line.clear();
         }
+        let _ = done_tx.send(());
     });
-    text
+    Collected { text, done }
 }
 
 /// Runs a command to completion with stdin closed, with a time limit; returns (status, stdout,
@@ -331,14 +348,9 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> (ExitStatus,
         }
         thread::sleep(Duration::from_millis(10));
     };
-    // The pipes close when the process exits; give the reader threads a moment to drain them.
-    let drained = Instant::now() + Duration::from_secs(5);
-    thread::sleep(Duration::from_millis(20));
-    while Instant::now() < drained && Arc::strong_count(&out) > 1 {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let err = err.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // The pipes close when the process (and anything it left running) closes them.
+    let out = out.finish(Duration::from_secs(5));
+    let err = err.finish(Duration::from_secs(5));
     (status, out, err)
 }
 

@@ -33,6 +33,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub quiet: bool,
 
+    /// Close a client that sends nothing for SECS seconds, telling it `BYE idle` (off by default,
+    /// so that lab01's lesson - one silent client blocks everyone - stays visible).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: Option<u64>,
+
     /// Instead of serving: start this server, run N scripted clients against it and print a
     /// timeline of who was greeted and served when.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]

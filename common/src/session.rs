@@ -117,6 +117,8 @@ pub enum Ending {
     },
     /// The server is shutting down; the client was sent `BYE`.
     Shutdown,
+    /// The client sent nothing for the `--idle-timeout`; it was sent `BYE idle`.
+    Idle,
     /// Reading or writing failed (for example, the client reset the connection).
     Error(io::ErrorKind),
 }
@@ -133,6 +135,7 @@ impl std::fmt::Display for Ending {
                 )
             }
             Ending::Shutdown => write!(f, "was sent BYE: the server is shutting down"),
+            Ending::Idle => write!(f, "was silent too long (--idle-timeout): sent BYE idle"),
             Ending::Error(kind) => write!(f, "connection failed: {kind}"),
         }
     }
@@ -164,6 +167,16 @@ pub fn serve_blocking<R: io::Read, W: Write>(
             Ok(ReadFrame::Closed { .. }) | Err(_) if signals::requested() => continue,
             Ok(ReadFrame::Closed { partial }) => return Ending::ClientClosed { partial },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The socket's read timeout (see `set_idle_timeout`) ran out: the client is idle.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let _ = send_line(writer, &protocol::bye("idle"));
+                return Ending::Idle;
+            }
             Err(e) => return Ending::Error(e.kind()),
         };
         let (reply, next) = respond(frame, client, shared);
@@ -173,6 +186,16 @@ pub fn serve_blocking<R: io::Read, W: Write>(
         if next == Next::Close {
             return Ending::Quit;
         }
+    }
+}
+
+/// Applies `--idle-timeout` to a blocking client socket: a `read()` that waits longer fails with
+/// `EAGAIN`, and [`serve_blocking`] then says `BYE idle` and ends the session. `None` changes
+/// nothing (reads wait forever).
+pub fn set_idle_timeout(stream: &std::net::TcpStream, seconds: Option<u64>) -> io::Result<()> {
+    match seconds {
+        Some(secs) => stream.set_read_timeout(Some(Duration::from_secs(secs))),
+        None => Ok(()),
     }
 }
 

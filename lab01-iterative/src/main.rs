@@ -87,6 +87,9 @@ fn main() {
             "accepted client {} from {peer}; everyone else waits in the accept queue",
             client.id
         );
+        if let Err(e) = session::set_idle_timeout(&stream, args.server.idle_timeout) {
+            narrate!("cannot set the idle timeout of client {}: {e}", client.id);
+        }
         serve(stream, &client, &mut counter);
     }
 

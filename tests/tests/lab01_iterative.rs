@@ -324,3 +324,27 @@ fn the_demo_shows_each_client_waiting_for_the_one_before() {
         "waits {waits:?}:\n{stdout}"
     );
 }
+
+#[test]
+fn an_idle_timeout_frees_the_server_from_a_silent_client() {
+    let server = Server::start(SERVER, &["--idle-timeout", "1"]);
+    let mut silent = server.greeted();
+    let queued_at = Instant::now();
+    let mut next = server.connect();
+    assert_eq!(
+        silent.read_line().as_deref(),
+        Ok("BYE idle"),
+        "the silent client is told"
+    );
+    assert!(silent.closes());
+    next.read_hello();
+    assert!(
+        queued_at.elapsed() >= Duration::from_millis(500),
+        "not before the timeout"
+    );
+    // A client that keeps talking is not cut off by the timeout.
+    for _ in 0..3 {
+        assert_eq!(next.request("SLEEP 400"), "OK slept 400");
+    }
+    assert_eq!(next.request("ECHO still here"), "OK still here");
+}

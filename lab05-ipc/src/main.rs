@@ -1,4 +1,7 @@
-//! Lab 5: forked children that share data through IPC - shared memory and message queues. (being written)
+//! Lab 5 (being written).
+mod chat;
+mod names;
+mod shm;
 fn main() {
     common::exit_with_error("the ipc server is not written yet");
 }

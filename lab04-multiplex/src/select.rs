@@ -1,0 +1,128 @@
+//! `select(2)`: the oldest readiness API (4.2BSD, 1983).
+//!
+//! We describe the descriptors we care about as *bitmaps* (`fd_set`): bit 5 set in the read set
+//! means "tell me when fd 5 is readable". `select` blocks until one of them is ready, then
+//! **overwrites** the bitmaps with the answer: only the ready bits are left. So:
+//!
+//! 1. we keep "master" sets of what we watch, and hand `select` a *copy* each time;
+//! 2. after it returns, we scan every descriptor we watch to see whose bit is still set.
+//!
+//! The cost grows with the number of descriptors watched (the kernel checks each one on every
+//! call, we scan each one after), however few are ready. And an `fd_set` has a fixed size,
+//! FD_SETSIZE = 1024 bits: a descriptor numbered 1024 or more does not fit. Setting its bit in C
+//! writes past the end of the bitmap (memory corruption); nix's `FdSet::insert` panics instead.
+//! So [`Readiness::can_watch`] says no, and the event loop refuses that client with
+//! `ERR server full` before it ever gets here.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::select::{select, FdSet, FD_SETSIZE};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use crate::readiness::{Interest, Readiness, Ready};
+
+/// The watched descriptors, as select wants them.
+pub struct Select {
+    /// Descriptors to report readable / writable ("master" copies; select gets a copy).
+    read_set: FdSet<'static>,
+    write_set: FdSet<'static>,
+    /// Every descriptor watched, in order: the highest one gives `nfds`, and after select
+    /// returns we check each one's bits.
+    watched: BTreeSet<RawFd>,
+}
+
+impl Select {
+    /// An empty set.
+    pub fn new() -> Self {
+        Select {
+            read_set: FdSet::new(),
+            write_set: FdSet::new(),
+            watched: BTreeSet::new(),
+        }
+    }
+}
+
+/// The descriptor as the `BorrowedFd` nix's `FdSet` takes.
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: an FdSet only records the number (one bit); it never reads or closes the file. The
+    // event loop removes a descriptor from our sets before closing it (see `Readiness`), so
+    // no bit stays set for a closed, or reused, number.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+fn too_high(fd: RawFd) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("descriptor {fd} does not fit in select()'s fd_set (FD_SETSIZE = {FD_SETSIZE})"),
+    )
+}
+
+impl Readiness for Select {
+    fn can_watch(&self, fd: RawFd) -> bool {
+        fd >= 0 && (fd as usize) < FD_SETSIZE
+    }
+
+    fn add(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        if !self.can_watch(fd) {
+            return Err(too_high(fd)); // never let FdSet::insert panic
+        }
+        self.watched.insert(fd);
+        self.modify(fd, interest)
+    }
+
+    fn modify(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        if !self.watched.contains(&fd) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "not watched"));
+        }
+        let bit = borrow(fd);
+        for (set, wanted) in [
+            (&mut self.read_set, interest.read),
+            (&mut self.write_set, interest.write),
+        ] {
+            if wanted {
+                set.insert(bit); // FD_SET
+            } else {
+                set.remove(bit); // FD_CLR
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.watched.remove(&fd) {
+            self.read_set.remove(borrow(fd));
+            self.write_set.remove(borrow(fd));
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, ready: &mut Vec<Ready>) -> io::Result<()> {
+        // select overwrites the sets it is given: give it copies of the master sets.
+        let mut readable = self.read_set;
+        let mut writable = self.write_set;
+        let mut limit = timeout.map(|t| TimeVal::milliseconds(t.as_millis() as i64));
+        // nfds: one more than the highest descriptor; the kernel looks at bits 0..nfds.
+        let nfds = self.watched.last().map_or(0, |&fd| fd + 1);
+        match select(nfds, &mut readable, &mut writable, None, limit.as_mut()) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(()), // a signal: let the loop check its flag
+            Err(e) => return Err(e.into()),
+        }
+        // The answer is in the bits: scan every watched descriptor for the ones still set.
+        for &fd in &self.watched {
+            let (r, w) = (readable.contains(borrow(fd)), writable.contains(borrow(fd)));
+            if r || w {
+                ready.push(Ready {
+                    fd,
+                    readable: r,
+                    writable: w,
+                });
+            }
+        }
+        Ok(())
+    }
+}

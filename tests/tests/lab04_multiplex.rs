@@ -1,0 +1,430 @@
+//! lab04: the multiplexing server (Multiplexing 방식) serves every client from one process and one
+//! thread, with an event loop over select, poll or epoll (level- or edge-triggered).
+//!
+//! Most checks are written once and run for each of the four loops (`api_tests!` at the bottom
+//! makes a module per API: `select::...`, `poll::...`, `epoll::...`, `epoll_edge::...`).
+//!
+//! Grade this lab alone with `cargo test -p tests --test lab04_multiplex`.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+
+const SERVER: &str = "multiplex-server";
+
+/// The `client=<id>` of a `WHO` reply.
+fn client_id(client: &mut Client) -> u64 {
+    let who = client.request("WHO");
+    who.rsplit("client=")
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no client id in {who:?}"))
+}
+
+/// A hundred clients connected at once are all greeted and answered by the one thread of the
+/// one process, and share one counter.
+fn one_thread_serves_100_clients(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut clients: Vec<Client> = (0..100).map(|_| server.greeted()).collect();
+    assert_eq!(
+        procfs::threads(server.pid()),
+        vec![server.pid()],
+        "exactly one thread in /proc/<pid>/task while 100 clients are connected"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let hello = client.hello.clone().unwrap();
+        assert_eq!(hello.model, "multiplex");
+        assert_eq!(
+            (hello.pid, hello.tid),
+            (server.pid(), server.pid()),
+            "pid and tid of the server itself"
+        );
+        assert_eq!(client.request(&format!("ECHO {i}")), format!("OK {i}"));
+        assert_eq!(
+            client.request("INCR"),
+            format!("OK {}", i + 1),
+            "one counter"
+        );
+    }
+    let who = clients[99].request("WHO");
+    assert!(
+        who.contains(&format!("pid={0} tid={0} ", server.pid())),
+        "{who}"
+    );
+    assert_eq!(procfs::threads(server.pid()).len(), 1);
+}
+
+/// Many requests in one write are all answered, in order, bad ones included.
+fn pipelined_requests_are_answered_in_order(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut client = server.greeted();
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        batch.extend_from_slice(format!("ECHO {i}\n").as_bytes());
+    }
+    batch.extend_from_slice(b"INCR\r\n");
+    batch.extend(vec![b'x'; 5000]); // an over-long line...
+    batch.extend_from_slice(b"\nECHO \xff\n"); // ...and invalid UTF-8, in the same write
+    batch.extend_from_slice(b"incr\nBOGUS\nQUIT\nECHO never answered\n");
+    client.send_raw(&batch);
+    for i in 0..50 {
+        assert_eq!(client.read_reply().unwrap(), format!("OK {i}"));
+    }
+    assert_eq!(client.read_reply().unwrap(), "OK 1");
+    assert_eq!(client.read_reply().unwrap(), "ERR line too long");
+    assert_eq!(client.read_reply().unwrap(), "ERR invalid utf-8");
+    assert_eq!(client.read_reply().unwrap(), "OK 2");
+    assert!(client
+        .read_reply()
+        .unwrap()
+        .starts_with("ERR unknown command"));
+    assert_eq!(client.read_reply().unwrap(), "OK bye");
+    assert!(client.closes(), "closed after QUIT, the rest ignored");
+}
+
+/// A request that trickles in one byte at a time is answered once its `\n` arrives, and the
+/// unfinished line holds nobody else up.
+fn a_request_sent_one_byte_at_a_time_is_answered(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut slow = server.greeted();
+    let mut other = server.greeted();
+    slow.stream().set_nodelay(true).unwrap(); // one byte, one segment
+    let request = b"ECHO one byte at a time\n";
+    for (i, byte) in request.iter().enumerate() {
+        slow.send_raw(&[*byte]);
+        if i == 4 {
+            assert_eq!(
+                other.request("ECHO meanwhile"),
+                "OK meanwhile",
+                "a half-received line of another client blocks nobody"
+            );
+        }
+        thread::sleep(Duration::from_millis(1)); // so the server sees the bytes one by one
+    }
+    assert_eq!(slow.read_reply().unwrap(), "OK one byte at a time");
+    assert_eq!(slow.request("ECHO next"), "OK next");
+}
+
+/// `SAY` reaches every other client as `MSG <id> <text>`, and not the sender.
+fn say_reaches_every_other_client(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut clients: Vec<Client> = (0..4).map(|_| server.greeted()).collect();
+    let speaker = client_id(&mut clients[0]);
+    assert_eq!(clients[0].request("SAY hello everyone"), "OK");
+    for other in &mut clients[1..] {
+        assert_eq!(
+            other.next_message().unwrap(),
+            format!("MSG {speaker} hello everyone")
+        );
+    }
+    assert_eq!(clients[0].request("ECHO and me?"), "OK and me?");
+    assert!(
+        clients[0].messages.is_empty(),
+        "the sender got its own MSG: {:?}",
+        clients[0].messages
+    );
+}
+
+/// One client's `SLEEP` blocks the loop, so another client's `ECHO` waits too: the lesson.
+fn a_sleep_delays_every_other_client(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut sleeper = server.greeted();
+    let mut other = server.greeted();
+    sleeper.send("SLEEP 1500");
+    // Wait (observably) until the server is inside the SLEEP, then ask for an ECHO.
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("asked for SLEEP 1500")),
+        "the server never started the SLEEP:\n{}",
+        server.stderr()
+    );
+    let asked = Instant::now();
+    let echo = other.request("ECHO are you there?");
+    let waited = asked.elapsed();
+    assert_eq!(echo, "OK are you there?");
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the ECHO was answered after only {waited:?} of another client's 1,500 ms SLEEP"
+    );
+    assert_eq!(sleeper.read_reply().unwrap(), "OK slept 1500");
+}
+
+/// `PANIC` takes the whole server down, and every client's connection with it.
+fn panic_closes_every_connection(args: &[&str]) {
+    let mut with_panic = args.to_vec();
+    with_panic.push("--allow-panic");
+    let mut server = Server::start(SERVER, &with_panic);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    clients[1].send("PANIC");
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert!(client.closes(), "client {i} was not disconnected");
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server process is gone");
+    assert!(!status.success(), "{status}");
+    assert!(server.stderr().contains("panicked"), "{}", server.stderr());
+}
+
+/// A client that floods requests and never reads its replies is cut off at the output cap; the
+/// others are served meanwhile, and the server's memory stays bounded.
+fn a_client_that_never_reads_does_not_stop_the_others(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut other = server.greeted();
+    let flooder = server.greeted();
+    let before = procfs::rss_kib(server.pid()).unwrap();
+    let stream: TcpStream = flooder.stream().try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let flood = thread::spawn(move || {
+        let chunk = format!("ECHO {}\n", "x".repeat(4000)).repeat(16);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0usize;
+        while sent < 128 << 20 && Instant::now() < deadline {
+            if let Err(e) = (&stream).write_all(chunk.as_bytes()) {
+                return (sent, Some(e.kind()));
+            }
+            sent += chunk.len();
+        }
+        (sent, None)
+    });
+    for i in 0..20 {
+        let asked = Instant::now();
+        assert_eq!(other.request(&format!("ECHO {i}")), format!("OK {i}"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "answered only after {:?} during the flood",
+            asked.elapsed()
+        );
+    }
+    let (sent, ended) = flood.join().unwrap();
+    assert!(
+        matches!(
+            ended,
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+        ),
+        "the flooder should have been disconnected; it sent {} MiB and ended with {ended:?}",
+        sent >> 20
+    );
+    let after = procfs::rss_kib(server.pid()).unwrap();
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "the server's RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        server.stderr().contains("does not read its replies"),
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(other.request("ECHO still here"), "OK still here");
+}
+
+/// SIGTERM: every client is told `BYE` and closed, and the server exits 0.
+fn sigterm_says_bye_to_everyone_and_exits_zero(args: &[&str]) {
+    let mut server = Server::start(SERVER, args);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    assert_eq!(clients[0].request("ECHO hi"), "OK hi");
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+    for client in &mut clients {
+        assert_eq!(client.read_line().as_deref(), Ok("BYE"));
+        assert!(client.closes());
+    }
+}
+
+macro_rules! api_tests {
+    ($($module:ident: $args:expr;)*) => {$(
+        mod $module {
+            const ARGS: &[&str] = $args;
+            #[test]
+            fn one_thread_serves_100_clients() {
+                super::one_thread_serves_100_clients(ARGS);
+            }
+            #[test]
+            fn pipelined_requests_are_answered_in_order() {
+                super::pipelined_requests_are_answered_in_order(ARGS);
+            }
+            #[test]
+            fn a_request_sent_one_byte_at_a_time_is_answered() {
+                super::a_request_sent_one_byte_at_a_time_is_answered(ARGS);
+            }
+            #[test]
+            fn say_reaches_every_other_client() {
+                super::say_reaches_every_other_client(ARGS);
+            }
+            #[test]
+            fn a_sleep_delays_every_other_client() {
+                super::a_sleep_delays_every_other_client(ARGS);
+            }
+            #[test]
+            fn panic_closes_every_connection() {
+                super::panic_closes_every_connection(ARGS);
+            }
+            #[test]
+            fn a_client_that_never_reads_does_not_stop_the_others() {
+                super::a_client_that_never_reads_does_not_stop_the_others(ARGS);
+            }
+            #[test]
+            fn sigterm_says_bye_to_everyone_and_exits_zero() {
+                super::sigterm_says_bye_to_everyone_and_exits_zero(ARGS);
+            }
+        }
+    )*};
+}
+
+api_tests! {
+    select: &["--api", "select"];
+    poll: &["--api", "poll"];
+    epoll: &["--api", "epoll"];
+    epoll_edge: &["--api", "epoll", "--edge"];
+}
+
+#[test]
+fn a_thousand_clients_are_served_with_the_default_api() {
+    let server = Server::start(SERVER, &["--quiet"]);
+    let baseline = procfs::fd_count(server.pid());
+    let mut clients: Vec<Client> = (0..1000).map(|_| server.greeted()).collect();
+    assert!(
+        procfs::fd_count(server.pid()) >= baseline + 1000,
+        "a descriptor per client in /proc/<pid>/fd"
+    );
+    // Everyone asks first, then everyone reads: a thousand requests in flight at once.
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(&format!("ECHO {i}"));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.read_reply().unwrap(), format!("OK {i}"));
+    }
+    assert_eq!(clients[0].request("INCR"), "OK 1");
+    assert_eq!(procfs::threads(server.pid()).len(), 1);
+}
+
+#[test]
+fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
+    let mut server = Server::start(SERVER, &["--api", "select"]);
+    let mut clients: Vec<Client> = (0..1030).map(|_| server.connect()).collect();
+    let firsts: Vec<String> = clients
+        .iter_mut()
+        .map(|c| c.read_line().expect("a first line"))
+        .collect();
+    let greeted = firsts.iter().filter(|l| l.starts_with("HELLO ")).count();
+    let refused = firsts.iter().filter(|l| *l == "ERR server full").count();
+    assert_eq!(greeted + refused, firsts.len(), "only HELLO or the refusal");
+    assert!(refused >= 6, "only {refused} refused of 1,030");
+    assert!(greeted > 1000, "only {greeted} served below FD_SETSIZE");
+    assert!(
+        firsts[..greeted].iter().all(|l| l.starts_with("HELLO ")),
+        "the refused ones are the last to connect"
+    );
+    assert!(server.stderr().contains("FD_SETSIZE"), "narrated");
+    for refused_client in &mut clients[greeted..] {
+        assert!(refused_client.closes(), "a refused client is closed");
+    }
+    // The others are served on, the first and the last below the limit alike.
+    assert_eq!(clients[0].request("ECHO first"), "OK first");
+    assert_eq!(
+        clients[greeted - 1].request("ECHO last"),
+        "OK last",
+        "the client with the highest descriptor is served"
+    );
+    // Once some leave, their descriptors are free again and a new client gets in.
+    let fds_before = procfs::fd_count(server.pid());
+    clients.truncate(greeted - 10);
+    assert!(wait_until(Duration::from_secs(10), || procfs::fd_count(
+        server.pid()
+    ) <= fds_before - 10));
+    let mut newcomer = server.greeted();
+    assert_eq!(newcomer.request("ECHO in"), "OK in");
+    drop(clients);
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn an_idle_timeout_says_bye_to_the_silent_client_only() {
+    let server = Server::start(SERVER, &["--idle-timeout", "1"]);
+    let mut silent = server.greeted();
+    let mut talker = server.greeted();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(talker.request("SLEEP 300"), "OK slept 300");
+    }
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert!(silent.closes());
+    assert_eq!(talker.request("ECHO still here"), "OK still here");
+}
+
+#[test]
+fn edge_without_epoll_is_a_usage_error() {
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--port", "0", "--api", "poll", "--edge"]);
+    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("--api epoll"), "{stderr}");
+}
+
+#[test]
+fn help_documents_the_lab_flags() {
+    let mut command = Command::new(binary(SERVER));
+    command.arg("--help");
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    assert!(status.success());
+    for flag in [
+        "--api", "select", "poll", "epoll", "--edge", "--trace", "--demo",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+    }
+    assert!(stdout.contains("[default: 7004]"), "{stdout}");
+    assert!(stdout.contains("[default: epoll]"), "{stdout}");
+}
+
+#[test]
+fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--demo", "3"]);
+    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(60));
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("server stopped with SIGTERM: exit status: 0"),
+        "{stdout}"
+    );
+    let summary = stdout.split("== summary ==").nth(1).unwrap_or("");
+    let served: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.contains("multiplex pid="))
+        .filter_map(|l| l.split("  ").last())
+        .collect();
+    assert_eq!(served.len(), 3, "{stdout}");
+    assert!(
+        served.iter().all(|s| *s == served[0]),
+        "one pid and tid: {served:?}"
+    );
+    let waits: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split("(waited ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(waits.len(), 3, "{stdout}");
+    assert!(
+        waits[1..].iter().any(|&w| w >= 500),
+        "nobody was held up by client 1's SLEEP 1500: waits {waits:?}\n{stdout}"
+    );
+    assert!(
+        stderr.contains("the whole loop waits"),
+        "narrated: {stderr}"
+    );
+}

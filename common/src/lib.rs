@@ -7,12 +7,14 @@
 //! - [`listener`]: the listening socket and the `listening on` line;
 //! - [`narrate`]: what the server tells the student on stderr;
 //! - [`signals`]: stopping cleanly on SIGINT/SIGTERM;
+//! - [`fork`]: a fork server's parent side: reaping, counting and stopping its children;
 //! - [`client`]: the interactive client;
 //! - [`demo`]: the one-command demo with its timeline.
 
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod fork;
 pub mod framing;
 pub mod listener;
 pub mod narrate;

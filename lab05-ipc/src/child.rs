@@ -1,0 +1,325 @@
+//! One child's life: serve one client, and pass chat messages through the queues.
+//!
+//! A lab02 child blocks in `read()` on its client's socket: nothing else can reach it. A lab05
+//! child must also notice messages arriving in its queue while its client is silent, so it waits
+//! in `poll()` on three descriptors at once:
+//!
+//! ```text
+//!   poll([client socket: POLLIN, my queue: POLLIN, wake pipe: POLLIN])
+//!          |                      |                  '- SIGTERM/SIGINT arrived: BYE, end
+//!          |                      '- mq_receive each message, write `MSG ...` to the client
+//!          '- read() the request bytes, answer each complete line (INCR, SAY, ...)
+//! ```
+//!
+//! It is the event loop of lab04 in miniature, with one client instead of many.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use common::framing::LineFramer;
+use common::session::{self, Client, Ending, Next, Shared};
+use common::{narrate, protocol, signals};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::chat::{self, Queue};
+use crate::names;
+use crate::shm::Board;
+
+/// A client that does not take its bytes for this long is given up on (it does not read).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many queued messages are passed on per wake-up, so a busy chat cannot keep the
+/// child from reading its own client's requests.
+const DELIVER_PER_WAKE: usize = 16;
+
+/// Everything one child uses. It implements [`Shared`]: `INCR` and `SAY` go through IPC.
+struct Child<'a> {
+    stream: &'a TcpStream,
+    board: &'a Board,
+    /// Our own queue, `None` if it could not be created (then this client gets no `MSG`s).
+    queue: Option<Queue>,
+    /// Read end of this process's self-pipe: readable once SIGTERM/SIGINT arrived.
+    wake: BorrowedFd<'static>,
+    pid: i32,
+    /// The server's (parent's) pid: part of every queue's name.
+    server: u32,
+    /// A buffer for `mq_receive`, which wants room for the largest message.
+    inbox: Vec<u8>,
+}
+
+/// Serves `client` on `stream` in this (forked) child until the client leaves or the server
+/// stops. `server` is the parent's pid (for the queue's name); `idle_timeout` is
+/// `--idle-timeout`.
+pub fn serve(
+    stream: TcpStream,
+    client: &Client,
+    board: &Board,
+    server: u32,
+    idle_timeout: Option<Duration>,
+) -> Ending {
+    let pid = std::process::id() as i32;
+    // Our own self-pipe: made now, in the child, so that it is not shared with other processes.
+    let wake = match signals::wake_pipe() {
+        // SAFETY: the pipe's read end lives as long as the process (see `signals::wake_pipe`).
+        Ok(fd) => unsafe { BorrowedFd::borrow_raw(fd) },
+        Err(e) => {
+            narrate!("cannot make the wake-up pipe: {e}");
+            return Ending::Error(e.kind());
+        }
+    };
+    // Blocking reads and writes (poll tells us when a read will not block), but a write that
+    // waits for a client that never reads gives up after WRITE_TIMEOUT.
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+    {
+        narrate!("cannot set a write timeout on client {}: {e}", client.id);
+    }
+    let queue_name = names::queue_name(server, pid);
+    let queue = open_my_queue(board, pid, client.id, &queue_name);
+    let mut child = Child {
+        stream: &stream,
+        board,
+        queue,
+        wake,
+        pid,
+        server,
+        inbox: vec![0; chat::MESSAGE_SIZE as usize],
+    };
+    let ending = child.run(client, idle_timeout);
+
+    // Leave the board first (no new messages for us), then close and remove our queue.
+    board.unregister(pid);
+    if child.queue.take().is_some() {
+        match chat::remove(&queue_name) {
+            Ok(()) => narrate!("removed message queue {queue_name}"),
+            Err(e) => narrate!("cannot remove message queue {queue_name}: {e}"),
+        }
+    }
+    ending
+}
+
+/// Writes our row on the board, then creates our queue (in that order, so that a crashed
+/// server's board lists every queue it may have left behind).
+fn open_my_queue(board: &Board, pid: i32, client: u64, name: &str) -> Option<Queue> {
+    if board.register(pid, client).is_none() {
+        narrate!("the board is full: client {client} will get no chat messages");
+        return None;
+    }
+    match Queue::create(name) {
+        Ok(queue) => {
+            narrate!(
+                "created message queue {name} ({} messages of up to {} bytes)",
+                chat::QUEUE_DEPTH,
+                chat::MESSAGE_SIZE
+            );
+            Some(queue)
+        }
+        Err(e) => {
+            board.unregister(pid);
+            let hint = if e == Errno::EMFILE {
+                " (EMFILE here means this user's RLIMIT_MSGQUEUE budget is used up)"
+            } else {
+                ""
+            };
+            narrate!("cannot create message queue {name}: {e}{hint}; client {client} will get no chat messages");
+            None
+        }
+    }
+}
+
+impl Child<'_> {
+    /// The poll loop (see the module docs).
+    fn run(&mut self, client: &Client, idle_timeout: Option<Duration>) -> Ending {
+        if let Err(e) = self.send(&session::hello(client.model)) {
+            return Ending::Error(e.kind());
+        }
+        let mut framer = LineFramer::new();
+        let mut chunk = [0u8; 4096];
+        let mut last_heard = Instant::now();
+        loop {
+            if signals::requested() {
+                let _ = self.send(&protocol::bye(""));
+                return Ending::Shutdown;
+            }
+            let timeout = match idle_timeout {
+                Some(limit) => {
+                    let left = limit.saturating_sub(last_heard.elapsed());
+                    if left.is_zero() {
+                        let _ = self.send(&protocol::bye("idle"));
+                        return Ending::Idle;
+                    }
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
+            let (client_ready, queue_ready) = match self.wait(timeout) {
+                Ok(ready) => ready,
+                Err(Errno::EINTR) => continue, // a signal: the loop checks why
+                Err(e) => return Ending::Error(io::Error::from(e).kind()),
+            };
+            if queue_ready {
+                if let Err(e) = self.deliver_queued() {
+                    return Ending::Error(e.kind());
+                }
+            }
+            if !client_ready {
+                continue;
+            }
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Ending::ClientClosed {
+                        partial: framer.has_partial_line(),
+                    }
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Ending::Error(e.kind()),
+            };
+            last_heard = Instant::now();
+            framer.feed(&chunk[..n]);
+            while let Some(frame) = framer.next_frame() {
+                let (reply, next) = session::respond(frame, client, self);
+                if let Err(e) = self.send(&reply) {
+                    return Ending::Error(e.kind());
+                }
+                if next == Next::Close {
+                    return Ending::Quit;
+                }
+            }
+        }
+    }
+
+    /// `poll()` on the client socket, our queue and the wake pipe. Returns (client readable,
+    /// queue readable); the wake pipe only needs to wake us (the loop checks the signal flag).
+    fn wait(&self, timeout: PollTimeout) -> nix::Result<(bool, bool)> {
+        let mut fds = vec![
+            PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake, PollFlags::POLLIN),
+        ];
+        if let Some(queue) = &self.queue {
+            fds.push(PollFd::new(queue.as_fd(), PollFlags::POLLIN));
+        }
+        poll(&mut fds, timeout)?;
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok((ready(&fds[0]), fds.get(2).is_some_and(ready)))
+    }
+
+    /// Takes messages out of our queue and writes each to the client as a line.
+    fn deliver_queued(&mut self) -> io::Result<()> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        for _ in 0..DELIVER_PER_WAKE {
+            let n = match queue.try_receive(&mut self.inbox) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    narrate!("mq_receive failed: {e}");
+                    break;
+                }
+            };
+            let mut line = Vec::with_capacity(n + 1);
+            line.extend_from_slice(&self.inbox[..n]);
+            line.push(b'\n');
+            let mut writer = self.stream;
+            writer.write_all(&line)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, line: &str) -> io::Result<()> {
+        session::send_line(&mut &*self.stream, line)
+    }
+}
+
+impl Shared for Child<'_> {
+    /// The counter is in shared memory: one atomic add, seen by every child.
+    fn incr(&mut self) -> u64 {
+        self.board.incr()
+    }
+
+    /// Puts `MSG <from> <text>` in the queue of every other child (see `chat.rs` for what
+    /// happens when a queue is full).
+    fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
+        let message = protocol::msg(from, text);
+        let mut missed = Vec::new();
+        // Open each recipient's queue, for this message only: an open descriptor keeps a queue's
+        // memory counted, so we must not hold on to other children's queues.
+        let mut pending: Vec<(u64, Queue)> = Vec::new();
+        for listener in self.board.listeners(self.pid) {
+            let name = names::queue_name(self.server, listener.pid);
+            match Queue::open_for_sending(&name) {
+                Ok(queue) => pending.push((listener.client, queue)),
+                // That child is ending (or starting): it is not listening, nobody missed anything.
+                Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    narrate!(
+                        "cannot open {name} to send to client {}: {e}",
+                        listener.client
+                    );
+                    missed.push(listener.client);
+                }
+            }
+        }
+        let deadline = Instant::now() + chat::SEND_WAIT;
+        loop {
+            // Send to every queue that has room; keep those that are full.
+            pending.retain(|(client, queue)| match queue.try_send(message.as_bytes()) {
+                Ok(true) => false,
+                Ok(false) => true,
+                Err(e) => {
+                    narrate!("mq_send to the queue of client {client} failed: {e}");
+                    missed.push(*client);
+                    false
+                }
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pending.is_empty() || left.is_zero() || signals::requested() {
+                break;
+            }
+            // Wait for room in one of the full queues, but keep passing on what arrives in our
+            // own queue meanwhile: its sender may be waiting for room in ours.
+            let own_ready = {
+                let mut fds: Vec<PollFd> = pending
+                    .iter()
+                    .map(|(_, queue)| PollFd::new(queue.as_fd(), PollFlags::POLLOUT))
+                    .collect();
+                fds.push(PollFd::new(self.wake, PollFlags::POLLIN));
+                if let Some(own) = &self.queue {
+                    fds.push(PollFd::new(own.as_fd(), PollFlags::POLLIN));
+                }
+                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {
+                        self.queue.is_some()
+                            && fds
+                                .last()
+                                .and_then(PollFd::revents)
+                                .is_some_and(|r| !r.is_empty())
+                    }
+                    Err(_) => false, // EINTR: loop round and check
+                }
+            };
+            if own_ready {
+                // A client that is gone shows up in the main loop; nothing to do about it here.
+                let _ = self.deliver_queued();
+            }
+        }
+        // `pending` is dropped here: every queue we opened is closed (mq_close).
+        missed.extend(pending.iter().map(|(client, _)| *client));
+        if missed.is_empty() {
+            return Ok(());
+        }
+        missed.sort_unstable();
+        let who: Vec<String> = missed.iter().map(u64::to_string).collect();
+        Err(format!(
+            "client {} missed it: the queue stayed full for {} ms (the others got it)",
+            who.join(", "),
+            chat::SEND_WAIT.as_millis()
+        ))
+    }
+}

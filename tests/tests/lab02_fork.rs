@@ -1,0 +1,466 @@
+//! lab02: the fork server (포크 방식) serves each client in its own child process; the parent
+//! only accepts, forks and reaps. `--prefork N` keeps a pool of N children that accept by
+//! themselves.
+//!
+//! Grade this lab alone with `cargo test -p tests --test lab02_fork`.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+
+const SERVER: &str = "fork-server";
+
+/// True if `client` receives nothing for `quiet` (it is still waiting in the accept queue, or
+/// its request is still being worked on).
+fn still_waiting(client: &mut Client, quiet: Duration) -> bool {
+    client.set_timeout(quiet);
+    let got = client.read_line();
+    client.set_timeout(tests::READ_TIMEOUT);
+    match got {
+        Err(e)
+            if e.contains("timed out")
+                || e.contains("would block")
+                || e.contains("temporarily unavailable") =>
+        {
+            true
+        }
+        Err(e) => panic!("unexpected error while checking the client waits: {e}"),
+        Ok(line) => {
+            eprintln!("a waiting client received {line:?}");
+            false
+        }
+    }
+}
+
+/// The pid that serves `client` (from its `HELLO`).
+fn served_by(client: &Client) -> i32 {
+    client.hello.as_ref().expect("greeted").pid
+}
+
+/// The server's live (non-zombie) children.
+fn live_children(server: &Server) -> BTreeSet<i32> {
+    server
+        .children()
+        .into_iter()
+        .filter(|&pid| procfs::alive(pid))
+        .collect()
+}
+
+#[test]
+fn three_clients_are_served_at_once_each_by_its_own_child() {
+    let server = Server::start(SERVER, &[]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    // All three are greeted before any leaves: they are served at the same time.
+    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    assert_eq!(pids.len(), 3, "three distinct serving processes: {pids:?}");
+    for client in &mut clients {
+        let hello = client.hello.clone().unwrap();
+        assert_eq!(hello.model, "fork");
+        assert_ne!(hello.pid, server.pid(), "served by a child, not the parent");
+        assert_eq!(hello.tid, hello.pid, "each child has a single thread");
+        let stat = procfs::stat(hello.pid).expect("the serving child exists");
+        assert_eq!(stat.ppid, server.pid(), "its parent is the server");
+        let who = client.request("WHO");
+        assert!(
+            who.starts_with(&format!("OK model=fork pid={} ", hello.pid)),
+            "{who}"
+        );
+        // Each child has its own copy of the counter.
+        assert_eq!(client.request("INCR"), "OK 1");
+        assert_eq!(client.request("INCR"), "OK 2");
+        let say = client.request("SAY hello?");
+        assert!(
+            say.starts_with("ERR ") && say.contains("share no memory") && say.contains("lab05"),
+            "{say}"
+        );
+    }
+    assert_eq!(
+        live_children(&server),
+        pids,
+        "the server's children are exactly the serving processes"
+    );
+    assert_eq!(
+        procfs::threads(server.pid()).len(),
+        1,
+        "the fork server stays single-threaded"
+    );
+    // The next client gets a fresh copy of the counter again.
+    let mut later = server.greeted();
+    assert_eq!(later.request("INCR"), "OK 1");
+    assert_eq!(later.request("QUIT"), "OK bye");
+}
+
+#[test]
+fn a_sleep_in_one_child_does_not_delay_the_others() {
+    let server = Server::start(SERVER, &[]);
+    let mut sleeper = server.greeted();
+    sleeper.send("SLEEP 3000");
+    let started = Instant::now();
+    let mut other = server.greeted();
+    assert_eq!(other.request("ECHO not delayed"), "OK not delayed");
+    let mut third = server.greeted();
+    assert_eq!(third.request("INCR"), "OK 1");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "two other clients took {took:?} next to a 3,000 ms SLEEP"
+    );
+    // The sleeper is still sleeping while the others were served...
+    assert!(
+        still_waiting(&mut sleeper, Duration::from_millis(100)),
+        "the SLEEP ended early"
+    );
+    // ... and gets its answer in the end.
+    assert_eq!(sleeper.read_reply().unwrap(), "OK slept 3000");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+}
+
+#[test]
+fn two_hundred_clients_one_after_another_leave_no_zombie_and_no_descriptor() {
+    let server = Server::start(SERVER, &[]);
+    let baseline = procfs::fd_count(server.pid());
+    assert!(baseline >= 3, "stdin, stdout, stderr and the listener");
+    let mut pids = BTreeSet::new();
+    for i in 0..200 {
+        let mut client = server.greeted();
+        pids.insert(served_by(&client));
+        if i % 2 == 0 {
+            assert_eq!(client.request("QUIT"), "OK bye");
+        }
+        // Odd ones just hang up: the child sees end of stream and exits.
+    }
+    assert!(pids.len() > 1, "each client had its own child");
+    let clean = wait_until(Duration::from_secs(15), || {
+        server.children().is_empty() && procfs::fd_count(server.pid()) == baseline
+    });
+    assert!(
+        clean,
+        "after 200 clients: children {:?} (zombies {:?}), {} descriptors open against {baseline} at start",
+        server.children(),
+        procfs::zombie_children_of(server.pid()),
+        procfs::fd_count(server.pid())
+    );
+    assert!(
+        server.stderr().matches("reaped child").count() >= 190,
+        "the reaping is narrated"
+    );
+}
+
+#[test]
+fn a_panic_kills_one_child_and_the_others_are_still_served() {
+    let server = Server::start(SERVER, &["--allow-panic"]);
+    let mut doomed = server.greeted();
+    let mut survivor = server.greeted();
+    let doomed_pid = served_by(&doomed);
+    doomed.send("PANIC");
+    assert!(doomed.closes(), "the panicking child's connection closes");
+    assert!(
+        wait_until(Duration::from_secs(10), || !server
+            .children()
+            .contains(&doomed_pid)),
+        "the panicked child is reaped (no zombie)"
+    );
+    assert_eq!(survivor.request("ECHO still here"), "OK still here");
+    let mut next = server.greeted();
+    assert_eq!(next.request("INCR"), "OK 1");
+    let narrated = format!("reaped child {doomed_pid} (exit 101)");
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains(&narrated)),
+        "the parent narrates the child's exit status; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut server = Server::start(SERVER, &[]);
+        let mut idle = server.greeted();
+        let mut sleeping = server.greeted();
+        sleeping.send("SLEEP 8000");
+        let mut busy = server.greeted();
+        assert_eq!(busy.request("ECHO hi"), "OK hi");
+        let pids = [served_by(&idle), served_by(&sleeping), served_by(&busy)];
+
+        let status = server.stop_with(signal, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "{signal}: {status}");
+        assert_eq!(idle.read_line().as_deref(), Ok("BYE"), "the client is told");
+        assert!(idle.closes());
+        assert_eq!(busy.read_line().as_deref(), Ok("BYE"));
+        // The SLEEP is cut short by the stop; the last line is BYE.
+        let mut last = String::new();
+        while let Ok(line) = sleeping.read_line() {
+            last = line;
+        }
+        assert_eq!(last, "BYE", "{signal}: the sleeping client is told");
+        for pid in pids {
+            assert!(
+                procfs::stat(pid).is_none(),
+                "{signal}: child {pid} is gone, not even a zombie"
+            );
+            assert!(
+                server
+                    .stderr()
+                    .contains(&format!("reaped child {pid} (exit 0)")),
+                "{signal}: the server itself reaped child {pid}:\n{}",
+                server.stderr()
+            );
+        }
+        assert!(
+            procfs::live_in_group(server.pid()).is_empty(),
+            "{signal}: no process of the server's group is left"
+        );
+    }
+    // And while idle in accept(), just after it started listening.
+    let mut idle = Server::start(SERVER, &[]);
+    assert_eq!(
+        idle.stop_with(Signal::SIGTERM, Duration::from_secs(10))
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked() {
+    let server = Server::start(SERVER, &["--prefork", "3", "--allow-panic"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || live_children(&server).len()
+            == 3),
+        "three children forked up front, before any client: {:?}",
+        server.children()
+    );
+    let pool = live_children(&server);
+
+    // Three clients at once: three distinct workers of the pool.
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    let serving: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    assert_eq!(
+        serving, pool,
+        "served by exactly the three pre-forked children"
+    );
+    // A fourth waits: the pool caps concurrency at three.
+    let mut fourth = server.connect();
+    assert!(
+        still_waiting(&mut fourth, Duration::from_millis(500)),
+        "a fourth client was served by a pool of three"
+    );
+    assert_eq!(clients[0].request("QUIT"), "OK bye");
+    let freed = served_by(&clients[0]);
+    assert_eq!(
+        fourth.read_hello().pid,
+        freed,
+        "the worker that became free takes the next client"
+    );
+    assert_eq!(fourth.request("INCR"), "OK 1", "a fresh counter per client");
+    drop(fourth);
+
+    // Clients one after another: never a pid from outside the pool, never a new fork.
+    for _ in 0..6 {
+        let mut client = server.greeted();
+        assert!(pool.contains(&served_by(&client)));
+        assert_eq!(client.request("QUIT"), "OK bye");
+    }
+    assert_eq!(live_children(&server), pool, "no fork per client");
+
+    // A panic kills one worker; the parent forks a replacement.
+    let doomed = served_by(&clients[1]);
+    clients[1].send("PANIC");
+    assert!(clients[1].closes());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = live_children(&server);
+            now.len() == 3 && !now.contains(&doomed)
+        }),
+        "the pool is back at three without {doomed}: {:?}",
+        server.children()
+    );
+    let new_pool = live_children(&server);
+    for pid in &new_pool {
+        assert_eq!(procfs::stat(*pid).unwrap().ppid, server.pid());
+    }
+    assert_eq!(clients[2].request("ECHO unharmed"), "OK unharmed");
+    assert!(procfs::zombie_children_of(server.pid()).is_empty());
+
+    // Three at once again: exactly the new pool.
+    drop(clients);
+    let again: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    let serving: BTreeSet<i32> = again.iter().map(served_by).collect();
+    assert_eq!(serving, new_pool);
+    assert_eq!(live_children(&server), new_pool, "the pool stays at three");
+    assert_eq!(procfs::threads(server.pid()).len(), 1);
+}
+
+#[test]
+fn max_children_two_holds_the_third_client_back_until_one_leaves() {
+    let server = Server::start(SERVER, &["--max-children", "2"]);
+    let mut first = server.greeted();
+    let second = server.greeted();
+    let mut third = server.connect();
+    // The third is not accepted: it waits in the accept queue, where `ss` counts it.
+    assert!(
+        wait_until(Duration::from_secs(5), || procfs::listen_queue(
+            server.port()
+        )
+        .unwrap()
+        .0 == 1),
+        "Recv-Q should show the third client waiting, got {:?}",
+        procfs::listen_queue(server.port())
+    );
+    assert!(
+        still_waiting(&mut third, Duration::from_millis(700)),
+        "a third client was served at --max-children 2"
+    );
+    assert_eq!(server.children().len(), 2);
+
+    assert_eq!(first.request("QUIT"), "OK bye");
+    let hello = third.read_hello();
+    assert_ne!(hello.pid, served_by(&second));
+    assert_eq!(third.request("ECHO in"), "OK in");
+    assert!(
+        server.stderr().contains("--max-children cap"),
+        "the wait is narrated:\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn no_reap_leaves_zombies_until_the_server_stops() {
+    let mut server = Server::start(SERVER, &["--no-reap"]);
+    let mut client = server.greeted();
+    let pid = served_by(&client);
+    assert_eq!(client.request("QUIT"), "OK bye");
+    assert!(
+        wait_until(Duration::from_secs(10), || procfs::zombie_children_of(
+            server.pid()
+        )
+        .contains(&pid)),
+        "with --no-reap the ended child stays a zombie"
+    );
+    // Still a zombie a moment later, after another client came and went.
+    let mut other = server.greeted();
+    assert_eq!(other.request("QUIT"), "OK bye");
+    assert_eq!(procfs::stat(pid).map(|s| s.state), Some('Z'));
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("reaped child {pid} (exit 0)")),
+        "at shutdown the server reaps them after all:\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn bad_usage_exits_2_and_help_lists_the_flags() {
+    let mut command = Command::new(binary(SERVER));
+    command.arg("--help");
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    assert!(status.success());
+    for flag in [
+        "--host",
+        "--port",
+        "--backlog",
+        "--allow-panic",
+        "--quiet",
+        "--demo",
+        "--prefork",
+        "--max-children",
+        "--no-reap",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+    }
+    assert!(stdout.contains("[default: 7002]"), "{stdout}");
+    assert!(stdout.contains("[default: 256]"), "{stdout}");
+
+    for bad in [
+        ["--prefork", "0"],
+        ["--max-children", "0"],
+        ["--prefork", "many"],
+    ] {
+        let mut command = Command::new(binary(SERVER));
+        command.args(bad);
+        let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stdout.is_empty(), "{bad:?}: no listening line");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_client_sends_stdin_lines_and_prints_replies() {
+    use std::io::Write;
+    let server = Server::start(SERVER, &[]);
+    let mut child = Command::new(binary("fork-client"))
+        .args(["--port", &server.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"INCR\nINCR\nSAY hi\n")
+        .unwrap(); // then EOF: the client sends QUIT
+    assert!(
+        wait_until(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the client did not end after stdin EOF"
+    );
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("HELLO fork pid="), "{stdout}");
+    assert_eq!(lines[1..3], ["OK 1", "OK 2"], "{stdout}");
+    assert!(lines[3].starts_with("ERR "), "{stdout}");
+    assert_eq!(lines[4], "OK bye", "{stdout}");
+    assert!(output.status.success());
+}
+
+#[test]
+fn the_demo_shows_every_client_greeted_at_once_by_its_own_pid() {
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--demo", "3"]);
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("server stopped with SIGTERM: exit status: 0"),
+        "{stdout}"
+    );
+    let waits: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split("(waited ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(waits.len(), 3, "{stdout}");
+    // Each client SLEEPs 1,500 ms; nobody waits for another's SLEEP to be greeted.
+    assert!(
+        waits.iter().all(|&w| w < 1000),
+        "waits {waits:?}:\n{stdout}"
+    );
+    let pids: BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("HELLO fork pid=").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(pids.len(), 3, "three distinct pids:\n{stdout}");
+    assert_eq!(
+        stdout.matches("<- OK 1").count(),
+        3,
+        "INCR says 1 to everyone:\n{stdout}"
+    );
+}

@@ -90,14 +90,15 @@ pub fn serve(
     };
     let ending = child.run(client, idle_timeout);
 
-    // Leave the board first (no new messages for us), then close and remove our queue.
-    board.unregister(pid);
+    // Close and remove our queue, then leave the board (in that order, so that the board lists
+    // every queue that may exist, should we be killed in between).
     if child.queue.take().is_some() {
         match chat::remove(&queue_name) {
             Ok(()) => narrate!("removed message queue {queue_name}"),
             Err(e) => narrate!("cannot remove message queue {queue_name}: {e}"),
         }
     }
+    board.unregister(pid);
     ending
 }
 

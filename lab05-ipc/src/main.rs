@@ -19,31 +19,28 @@
 //! them when it stops (and a child's queue when it reaps that child), and leftovers of a server
 //! killed with SIGKILL are removed at the next start (`names.rs`).
 //!
-//! The parent itself: accept, fork, remember the child, reap it when it ends (SIGCHLD), never more
-//! than `--max-children` at once; on SIGINT/SIGTERM pass the signal on to the children (each says
-//! `BYE` to its client), reap them all, remove the IPC objects, exit 0.
+//! The parent is lab02's, built on the same `common::fork` (the SIGCHLD reaper, the table of live
+//! children, the `--max-children` wait, stopping them all): accept, fork, remember the child, reap
+//! it when it ends; on SIGINT/SIGTERM pass SIGTERM on to the children (each says `BYE` to its
+//! client), reap them all, remove the IPC objects, exit 0. What lab05 adds to the parent is only
+//! the IPC housekeeping: create the shared memory before the first fork, remove what a crashed
+//! child left behind when it is reaped, remove everything at the end.
 
 mod chat;
 mod child;
 mod names;
 mod shm;
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use clap::Parser;
 use common::cli::ServerArgs;
+use common::fork::{self, Children, Ended};
 use common::session::Client;
 use common::{narrate, signals, Model};
-use nix::errno::Errno;
-use nix::poll::{ppoll, PollFd, PollFlags};
-use nix::sys::signal::{
-    self, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
-};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, getppid, ForkResult};
 
 use crate::shm::{Board, SharedMemory};
 
@@ -65,8 +62,19 @@ struct Args {
 
 /// The listen backlog: clients beyond `--max-children` wait here.
 const DEFAULT_BACKLOG: i32 = 128;
-/// How long the children get to say BYE and exit after SIGTERM before they are killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the children get to say `BYE` and exit after SIGTERM, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The exit status of a child whose session panicked (Rust's own status for a panic in main).
+const PANIC_EXIT_STATUS: i32 = 101;
+
+/// What the parent remembers about a child: the client it serves.
+struct Served(u64);
+
+impl fmt::Display for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {}", self.0)
+    }
+}
 
 fn main() {
     let args: Args = common::cli::parse(Model::Ipc, DEFAULT_BACKLOG);
@@ -95,12 +103,16 @@ fn main() {
     if let Err(e) = signals::install() {
         common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
+    if let Err(e) = fork::install_reaper() {
+        common::exit_with_error(&format!("cannot install the SIGCHLD handler: {e}"));
+    }
     let server = std::process::id();
 
     // Leftovers of servers that were killed (SIGKILL) before they could clean up.
     names::remove_stale(server);
 
-    // The shared memory: created and mapped once, here, so that every child inherits the mapping.
+    // The shared memory: created and mapped once, here, before any fork(), so that every child
+    // inherits the mapping and they all see the same pages.
     let shm_name = names::shm_name(server);
     let memory = match SharedMemory::create(&shm_name) {
         Ok(memory) => memory,
@@ -113,32 +125,46 @@ fn main() {
     );
     explain_queue_budget(args.max_children);
 
+    // socket() + bind() + listen(backlog).
     let listener = common::listener::listen(&args.server);
-    // Non-blocking, so that accept() cannot hang if a client gave up between ppoll() and accept().
-    if let Err(e) = listener.set_nonblocking(true) {
-        common::exit_with_error(&format!("cannot make the listener non-blocking: {e}"));
-    }
-    // Stop signals shut the listener down, which wakes the ppoll() below.
-    let listener_watch = signals::wake_on_shutdown(&listener);
-    if let Err(e) = listen_for_children_ending() {
-        common::exit_with_error(&format!("cannot handle SIGCHLD: {e}"));
-    }
+    serve_forever(listener, memory.board(), server, &args);
 
-    let mut children = Children::new(server, memory.board());
+    // Stopped: no child is left. Remove what crashed children left, then the shared memory.
+    clean_up_after_crashed_children(memory.board(), server);
+    drop(memory); // munmap
+    match shm::remove(&shm_name) {
+        Ok(()) => narrate!("removed shared memory {shm_name}"),
+        Err(e) => narrate!("cannot remove shared memory {shm_name}: {e}"),
+    }
+    narrate!("shutting down: every child reaped, every IPC object removed; bye");
+}
+
+/// The parent's loop: accept, fork, repeat; until SIGINT/SIGTERM, then stop the children.
+fn serve_forever(listener: TcpListener, board: &Board, server: u32, args: &Args) {
+    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
+    let listener_watch = signals::wake_on_shutdown(&listener);
+    let max = args.max_children as usize;
+    let mut children: Children<Served> = Children::new();
     let mut next_id = 1;
-    while !signals::requested() {
-        children.reap();
-        if children.live.len() >= args.max_children as usize {
-            children.wait_for_one_to_end(args.max_children);
-            continue;
+    loop {
+        // Narrate the children that ended (the SIGCHLD handler already reaped them) and remove
+        // what the crashed ones left in the shared memory and the queues.
+        after_reaping(children.reap(), board, server);
+        if children.len() >= max && !signals::requested() {
+            narrate!(
+                "{} children: the --max-children cap; not accepting until one ends (new clients wait in the accept queue)",
+                children.len()
+            );
+            after_reaping(children.wait_until_fewer_than(max), board, server);
         }
-        if !wait_for_client(&listener) {
-            continue; // a child ended, or a stop signal: back to the top of the loop
+        if signals::requested() {
+            break;
         }
-        let (stream, peer) = match listener.accept() {
+        let (stream, peer) = match fork::accept(&listener) {
             Ok(accepted) => accepted,
             Err(_) if signals::requested() => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // EINTR: a child ended while we were blocked (SIGCHLD); loop to narrate it.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 narrate!("accept() failed: {e}");
                 continue;
@@ -150,43 +176,100 @@ fn main() {
             allow_panic: args.server.allow_panic,
         };
         next_id += 1;
-        // SAFETY: this process is single-threaded (no helper threads anywhere in this server), so
-        // the child is a complete copy of it; the usual danger of fork - another thread holding a
-        // lock that the child then waits for forever - cannot happen.
+        // SAFETY: in a process with several threads, the child of fork() gets only the calling
+        // thread, and a lock another thread held (the allocator's, stderr's) stays locked forever.
+        // This process has exactly one thread (we start none; signals are handled with sigaction,
+        // not a helper thread), so the child is a consistent copy that may run ordinary Rust code.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => {
-                // The child: it never returns to this loop.
-                drop(listener_watch);
-                signals::forget_watched();
-                drop(listener); // the child does not accept: close its copy of the listener
-                let code = run_child(stream, &client, memory.board(), server, &args.server);
-                std::process::exit(code);
-            }
             Ok(ForkResult::Parent { child }) => {
+                drop(stream); // the child has its own copy; ours would only leak
+                children.add(child, Served(client.id));
                 narrate!(
-                    "accepted client {} from {peer}; forked child {child} to serve it",
-                    client.id
+                    "accepted client {} from {peer}: forked child {child} to serve it ({} children live)",
+                    client.id,
+                    children.len()
                 );
-                children.live.insert(child.as_raw(), client.id);
-                // `stream` is dropped here: the parent closes its copy, the child keeps its own.
             }
-            Err(e) => narrate!("fork() failed: {e}; closing client {}", client.id),
+            Ok(ForkResult::Child) => {
+                child_main(listener, stream, peer, &client, board, server, args)
+            }
+            Err(e) => narrate!(
+                "fork() failed for client {}: {e}; closing its connection",
+                client.id
+            ),
         }
     }
-
     drop(listener_watch);
+    narrate!("stop signal: no more accept(); stopping the children");
+    children.stop_all(STOP_GRACE);
+}
+
+/// A child: serves its one client and exits. It never returns into the parent's loop.
+fn child_main(
+    listener: TcpListener,
+    stream: TcpStream,
+    peer: SocketAddr,
+    client: &Client,
+    board: &Board,
+    server: u32,
+    args: &Args,
+) -> ! {
+    // fork() copied the parent's signal setup and its watched sockets: drop the parent's business.
+    fork::in_child();
+    signals::forget_watched();
+    // fork() copied every descriptor. We need the client's socket, not the listening socket:
+    // close our copy. (The parent holds no other descriptor: it closed each client's socket
+    // after forking, it closed the shared memory's descriptor after mmap, and it never opens a
+    // queue.) The mapping of the shared memory is inherited, and is what we want to keep.
     drop(listener);
     narrate!(
-        "shutting down: telling {} children to stop",
-        children.live.len()
+        "child of {}: serving client {} from {peer}",
+        getppid(),
+        client.id
     );
-    children.stop_all();
-    drop(memory);
-    match shm::remove(&shm_name) {
-        Ok(()) => narrate!("removed shared memory {shm_name}"),
-        Err(e) => narrate!("cannot remove shared memory {shm_name}: {e}"),
+    let idle = args.server.idle_timeout.map(Duration::from_secs);
+    // A PANIC unwinds to here and becomes exit status 101; it never unwinds into the parent's code.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        child::serve(stream, client, board, server, idle)
+    }));
+    let status = match served {
+        Ok(ending) => {
+            narrate!("client {} {ending}; this child exits", client.id);
+            0
+        }
+        Err(_) => {
+            narrate!(
+                "the session of client {} panicked: this child exits with status {PANIC_EXIT_STATUS}; the counter and the chat go on",
+                client.id
+            );
+            PANIC_EXIT_STATUS
+        }
+    };
+    std::process::exit(status)
+}
+
+/// After children were reaped: a child that ended normally removed its queue and left the board
+/// itself; one that crashed (PANIC, kill -9) could not, so the parent does it for it.
+fn after_reaping(ended: Vec<Ended<Served>>, board: &Board, server: u32) {
+    for child in ended {
+        remove_leftovers_of(child.pid.as_raw(), board, server);
     }
-    narrate!("all children reaped, every IPC object removed: bye");
+}
+
+/// Removes child `pid`'s queue and board row if it left them behind.
+fn remove_leftovers_of(pid: i32, board: &Board, server: u32) {
+    let queue = names::queue_name(server, pid);
+    if chat::remove(&queue).is_ok() {
+        narrate!("removed message queue {queue}, which child {pid} left behind");
+    }
+    board.unregister(pid);
+}
+
+/// At the end: every row still on the board is a child that did not clean up after itself.
+fn clean_up_after_crashed_children(board: &Board, server: u32) {
+    for child in board.listeners(0) {
+        remove_leftovers_of(child.pid, board, server);
+    }
 }
 
 /// Says how many queues the user's budget holds, and warns if `--max-children` is more.
@@ -206,156 +289,6 @@ fn explain_queue_budget(max_children: u32) {
         }
         None => {
             narrate!("each child's message queue costs {per_queue} bytes (RLIMIT_MSGQUEUE unknown)")
-        }
-    }
-}
-
-/// The child's whole life: serve the client, then tell the parent how it went (exit status).
-fn run_child(
-    stream: std::net::TcpStream,
-    client: &Client,
-    board: &Board,
-    server: u32,
-    args: &ServerArgs,
-) -> i32 {
-    // The parent blocks SIGCHLD (see below); the child has no children: undo it.
-    let _ = signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&sigchld()), None);
-    narrate!("child serving client {}", client.id);
-    let idle = args.idle_timeout.map(Duration::from_secs);
-    // A PANIC unwinds to here: the child ends with status 101 like any panicking Rust program,
-    // without running the parent's code that follows the fork.
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        child::serve(stream, client, board, server, idle)
-    }));
-    match served {
-        Ok(ending) => {
-            narrate!("client {} {ending}; child exits", client.id);
-            0
-        }
-        Err(_) => 101,
-    }
-}
-
-fn sigchld() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    set
-}
-
-extern "C" fn on_sigchld(_: nix::libc::c_int) {
-    // Nothing to do here: its only job is to interrupt ppoll() (EINTR) so the loop reaps.
-}
-
-/// Installs a SIGCHLD handler and blocks SIGCHLD except inside `ppoll()`, which unblocks it
-/// atomically while it waits. So a child ending is noticed even if it ends just before we wait:
-/// the signal stays pending until `ppoll()` lets it in and returns EINTR.
-fn listen_for_children_ending() -> nix::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigchld),
-        SaFlags::SA_NOCLDSTOP,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler does nothing at all, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGCHLD, &action) }?;
-    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigchld()), None)
-}
-
-/// Waits until a client is waiting to be accepted (true), or a signal arrived (false).
-fn wait_for_client(listener: &TcpListener) -> bool {
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    // The empty set: SIGCHLD is let in while we wait, and only then.
-    match ppoll(&mut fds, None, Some(SigSet::empty())) {
-        Ok(_) => !signals::requested(),
-        Err(_) => false,
-    }
-}
-
-/// The parent's list of live children: pid -> client id.
-struct Children<'a> {
-    live: BTreeMap<i32, u64>,
-    server: u32,
-    board: &'a Board,
-}
-
-impl<'a> Children<'a> {
-    fn new(server: u32, board: &'a Board) -> Self {
-        Children {
-            live: BTreeMap::new(),
-            server,
-            board,
-        }
-    }
-
-    /// Reaps every child that has ended (`waitpid(-1, WNOHANG)` until none is left), so none
-    /// stays a zombie, and removes what a crashed child could not.
-    fn reap(&mut self) {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(status) => self.ended(status),
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    narrate!("waitpid() failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Narrates one ended child and cleans up after it.
-    fn ended(&mut self, status: WaitStatus) {
-        let (pid, how) = match status {
-            WaitStatus::Exited(pid, 0) => (pid, "exit 0".to_string()),
-            WaitStatus::Exited(pid, 101) => (pid, "exit 101: it panicked".to_string()),
-            WaitStatus::Exited(pid, code) => (pid, format!("exit {code}")),
-            WaitStatus::Signaled(pid, sig, _) => (pid, format!("killed by {sig}")),
-            _ => return,
-        };
-        let client = self.live.remove(&pid.as_raw());
-        let client = client.map(|c| format!(" (client {c})")).unwrap_or_default();
-        narrate!("reaped child {pid}{client}: {how}");
-        // A child that ended normally left the board and removed its queue itself. One that
-        // crashed (PANIC, kill -9) could not: do it for it.
-        self.board.unregister(pid.as_raw());
-        let queue = names::queue_name(self.server, pid.as_raw());
-        if chat::remove(&queue).is_ok() {
-            narrate!("removed message queue {queue}, which child {pid} left behind");
-        }
-    }
-
-    /// At `--max-children`: blocks until a child ends (or a stop signal), instead of accepting.
-    fn wait_for_one_to_end(&mut self, max: u32) {
-        narrate!(
-            "{max} children (--max-children): new clients wait in the accept queue until one ends"
-        );
-        // sigsuspend-like: ppoll on nothing, letting SIGCHLD (and SIGINT/SIGTERM) in.
-        let _ = ppoll(&mut [], None, Some(SigSet::empty()));
-        self.reap();
-    }
-
-    /// Shutdown: SIGTERM to every child (each says BYE to its client and exits), then reap them
-    /// all; a child that does not exit within [`SHUTDOWN_GRACE`] gets SIGKILL.
-    fn stop_all(&mut self) {
-        for &pid in self.live.keys() {
-            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut killed = false;
-        loop {
-            self.reap();
-            if self.live.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline && !killed {
-                for &pid in self.live.keys() {
-                    narrate!("child {pid} did not stop within {SHUTDOWN_GRACE:?}: SIGKILL");
-                    let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                killed = true;
-            }
-            // Sleep until SIGCHLD (or 100 ms, to look at the clock again).
-            let tick = nix::sys::time::TimeSpec::from_duration(Duration::from_millis(100));
-            let _ = ppoll(&mut [], Some(tick), Some(SigSet::empty()));
         }
     }
 }

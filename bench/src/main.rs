@@ -1,5 +1,620 @@
-//! The netlabs benchmark (being written).
+//! # bench: every server model side by side, against tokio
+//!
+//! Stevens (UNP, chapter 30) compares server designs by running one client workload against each.
+//! This binary does that for every netlabs server: it builds and starts each one itself (release
+//! build, `--port 0 --quiet --backlog 4096`), drives it with an async load generator, reads what
+//! it cost from `/proc`, stops it with SIGTERM and checks that it exited 0 and leaked nothing.
+//!
+//! ```text
+//! cargo run --release -p bench -- --quick          # under a minute on 2 cores
+//! cargo run --release -p bench                     # the full sweep: C = 1, 10, 100, 1000
+//! cargo run --release -p bench -- --c10k --targets epoll,tokio-ct --workloads c10k
+//! ```
+//!
+//! Workloads (`--workloads`): `echo` (C connections, one ECHO in flight on each: requests/s and
+//! latency), `connect` (a new connection per request: connections/s, latency, and the server's
+//! CPU time per connection), `idle` (C connections held open: memory, processes, threads and
+//! descriptors per connection), `c10k` (10,000 connections at once, each answering an ECHO).
+//! Results: a markdown table on stdout, and CSV, JSON and SVG charts in `--out`.
+
+mod baseline;
+mod load;
+mod procfs;
+mod report;
+mod server;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::procfs::Footprint;
+use crate::report::{C10kRow, IdleRow, LeakRow, Results, Skipped, TimedRow};
+use crate::server::ServerProcess;
+use crate::targets::{Binaries, Target};
+
+/// Measures every netlabs server model side by side, against a tokio baseline.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run the tokio baseline server (the bench starts itself with this; not for users).
+    #[command(hide = true)]
+    ServeTokio(baseline::ServeArgs),
+}
+
+/// A workload (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// C connections, one ECHO in flight on each, for --duration.
+    Echo,
+    /// A new connection per request, C clients at once, for --duration.
+    Connect,
+    /// C connections held open: what they cost the server.
+    Idle,
+    /// --c10k-connections connections at once, each answering one ECHO.
+    C10k,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// A short preset (under a minute on 2 cores): C = 1, 10, 100; 0.5 s per point; the main
+    /// targets. Flags given explicitly still win.
+    #[arg(long)]
+    quick: bool,
+
+    /// Targets to measure, comma-separated [default: all; with --quick: iterative, fork,
+    /// prefork, thread, pool, epoll, tokio-ct, tokio-mt]. Names: iterative, fork, prefork,
+    /// thread, pool, select, poll, epoll, epoll-edge, ipc, tokio-ct, tokio-mt.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+
+    /// Workloads to run, comma-separated [default: echo,connect,idle].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    workloads: Option<Vec<Workload>>,
+
+    /// Concurrency levels of the sweep [default: 1,10,100,1000; with --quick: 1,10,100].
+    #[arg(long, short = 'c', value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
+
+    /// Seconds per echo or connect measurement [default: 3; with --quick: 0.5].
+    #[arg(long, short = 'd')]
+    duration: Option<f64>,
+
+    /// ECHO payload in bytes.
+    #[arg(long, short = 's', default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=4000))]
+    size: u64,
+
+    /// Children of the pre-forked fork server (`fork-server --prefork N`).
+    #[arg(long, default_value_t = 8)]
+    prefork: u32,
+
+    /// Threads of the pooled thread server (`thread-server --pool N`).
+    #[arg(long, default_value_t = 8)]
+    pool: u32,
+
+    /// Also run the C10K check (same as adding `c10k` to --workloads).
+    #[arg(long)]
+    c10k: bool,
+
+    /// Connections of the C10K check.
+    #[arg(long, default_value_t = 10_000)]
+    c10k_connections: usize,
+
+    /// Targets the C10K check runs on (of those measured).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "epoll,epoll-edge,tokio-ct,tokio-mt"
+    )]
+    c10k_targets: Vec<String>,
+
+    /// Listen backlog given to every server, so the accept queue is not what limits a sweep.
+    #[arg(long, default_value_t = 4096)]
+    backlog: u32,
+
+    /// Folder for results.json, results.md, *.csv and *.svg [default: target/bench-results in
+    /// the workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Take the server binaries from this folder instead of building them with cargo
+    /// (e.g. target/debug).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+
+    /// How long a server with fewer workers than connections (iterative, a pool) may take to
+    /// greet the next connection before the bench stops waiting, in seconds [default: 1; with
+    /// --quick: 0.3].
+    #[arg(long)]
+    stall: Option<f64>,
+}
+
+/// The run's settings, with the presets applied.
+struct Plan {
+    targets: Vec<Target>,
+    workloads: Vec<Workload>,
+    levels: Vec<usize>,
+    duration: Duration,
+    size: usize,
+    stall: Duration,
+    settle: Duration,
+    c10k_connections: usize,
+    c10k_targets: Vec<String>,
+    backlog: u32,
+    out: PathBuf,
+    bin_dir: Option<PathBuf>,
+}
+
+impl Plan {
+    fn from(args: RunArgs) -> Result<Plan> {
+        let quick = args.quick;
+        let names = targets::names();
+        let wanted: Vec<String> = match args.targets {
+            Some(t) => t,
+            None if quick => [
+                "iterative",
+                "fork",
+                "prefork",
+                "thread",
+                "pool",
+                "epoll",
+                "tokio-ct",
+                "tokio-mt",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            None => names.iter().map(|s| s.to_string()).collect(),
+        };
+        for name in wanted.iter().chain(&args.c10k_targets) {
+            if !names.contains(&name.as_str()) {
+                bail!(
+                    "unknown target {name:?}; the targets are: {}",
+                    names.join(", ")
+                );
+            }
+        }
+        let targets = targets::all(args.prefork, args.pool)
+            .into_iter()
+            .filter(|t| wanted.iter().any(|w| w == t.name))
+            .collect();
+        let mut workloads = args
+            .workloads
+            .unwrap_or_else(|| vec![Workload::Echo, Workload::Connect, Workload::Idle]);
+        if args.c10k && !workloads.contains(&Workload::C10k) {
+            workloads.push(Workload::C10k);
+        }
+        let levels = args.concurrency.unwrap_or_else(|| {
+            if quick {
+                vec![1, 10, 100]
+            } else {
+                vec![1, 10, 100, 1000]
+            }
+        });
+        if levels.iter().any(|&c| c == 0) {
+            bail!("--concurrency levels must be at least 1");
+        }
+        let duration = args.duration.unwrap_or(if quick { 0.5 } else { 3.0 });
+        let stall = args.stall.unwrap_or(if quick { 0.3 } else { 1.0 });
+        if !(duration > 0.0 && duration <= 3600.0) || !(stall > 0.0 && stall <= 60.0) {
+            bail!("--duration must be in (0, 3600] seconds and --stall in (0, 60]");
+        }
+        Ok(Plan {
+            targets,
+            workloads,
+            levels,
+            duration: Duration::from_secs_f64(duration),
+            size: args.size as usize,
+            stall: Duration::from_secs_f64(stall),
+            settle: Duration::from_secs(if quick { 5 } else { 10 }),
+            c10k_connections: args.c10k_connections,
+            c10k_targets: args.c10k_targets,
+            backlog: args.backlog,
+            out: args.out.unwrap_or_else(|| {
+                targets::workspace_root()
+                    .join("target")
+                    .join("bench-results")
+            }),
+            bin_dir: args.bin_dir,
+        })
+    }
+
+    fn runs_c10k(&self, target: &Target) -> bool {
+        self.workloads.contains(&Workload::C10k)
+            && self.c10k_targets.iter().any(|t| t == target.name)
+    }
+
+    /// Progress steps for one target.
+    fn steps(&self, target: &Target) -> u64 {
+        let per_level = self
+            .workloads
+            .iter()
+            .filter(|w| **w != Workload::C10k)
+            .count();
+        (per_level * self.levels.len()) as u64 + u64::from(self.runs_c10k(target))
+    }
+}
+
 fn main() {
-    eprintln!("error: the benchmark is not written yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Sub::ServeTokio(args)) => baseline::serve(&args),
+        None => run(cli.run),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let plan = Plan::from(args)?;
+    let mut results = Results::default();
+    results.meta = report::Meta {
+        command: command.replace(&std::env::args().next().unwrap_or_default(), "bench"),
+        date: shell(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: shell(&["uname", "-sr"]),
+        commit: shell(&[
+            "git",
+            "-C",
+            &targets::workspace_root().display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ]),
+        size: plan.size,
+        duration_s: plan.duration.as_secs_f64(),
+        notes: Vec::new(),
+    };
+    let needed = plan.levels.iter().max().copied().unwrap_or(1).max(
+        if plan.workloads.contains(&Workload::C10k) {
+            plan.c10k_connections
+        } else {
+            0
+        },
+    );
+    let note = raise_fd_limit(needed);
+    eprintln!("{note}");
+    results.meta.notes.push(note);
+
+    // Find (build) the binaries first, so that a missing one is reported before any measurement.
+    let mut packages: Vec<(&'static str, &'static str)> = Vec::new();
+    for t in &plan.targets {
+        if let Some(p) = t.package {
+            if !packages.contains(&(p, t.binary)) {
+                packages.push((p, t.binary));
+            }
+        }
+    }
+    let binaries = Binaries::find(&packages, plan.bin_dir.as_deref(), |what| {
+        eprintln!("bench: {what}")
+    });
+    let myself = std::env::current_exe().context("cannot find the bench's own executable")?;
+    let mut runnable = Vec::new();
+    for t in &plan.targets {
+        let path = if t.package.is_none() {
+            Ok(myself.clone())
+        } else {
+            binaries.get(t.binary)
+        };
+        match path {
+            Ok(path) => runnable.push((t.clone(), path)),
+            Err(reason) => {
+                eprintln!("bench: skipping {}: {reason}", t.name);
+                results.skipped.push(Skipped {
+                    target: t.name.into(),
+                    reason,
+                });
+            }
+        }
+    }
+    for (t, _) in &runnable {
+        results.labels.push((t.name.to_string(), t.label.clone()));
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the load generator's runtime")?;
+    let total: u64 = runnable.iter().map(|(t, _)| plan.steps(t)).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    for (target, path) in &runnable {
+        if let Err(e) = measure(&plan, target, path, &runtime, &bar, &mut results) {
+            bar.println(format!("bench: {}: {e:#}", target.name));
+            results.skipped.push(Skipped {
+                target: target.name.into(),
+                reason: format!("{e:#}"),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "bench: measured in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    results.compute_ratios();
+    print!("{}", results.markdown());
+    let written = results.write(&plan.out)?;
+    eprintln!("bench: wrote {}", written.join(", "));
+    Ok(())
+}
+
+/// Starts one target, runs every workload at every level against it, checks it for leaks and
+/// stops it.
+fn measure(
+    plan: &Plan,
+    target: &Target,
+    path: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+    results: &mut Results,
+) -> Result<()> {
+    let name = target.name.to_string();
+    bar.set_message(format!("{name}: starting"));
+    // A safety cap on clients (e.g. fork-server --max-children) must not be what we measure.
+    let cap = plan
+        .levels
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(1)
+        .max(if plan.runs_c10k(target) {
+            plan.c10k_connections
+        } else {
+            0
+        })
+        + 64;
+    let cap_args = if target.package.is_some() {
+        targets::cap_args(&targets::help_text(path), cap)
+    } else {
+        Vec::new()
+    };
+    let mut args = target.args.clone();
+    args.extend(["--port", "0", "--quiet", "--backlog"].map(String::from));
+    args.push(plan.backlog.to_string());
+    args.extend(cap_args);
+    let mut server = ServerProcess::start(path, &args)?;
+    let pid = server.pid;
+    let baseline = settle(pid, plan.settle);
+    let mut notes = Vec::new();
+    let back = |when: &str, notes: &mut Vec<String>| {
+        if !wait_for_baseline(pid, &baseline, plan.settle) {
+            let now = procfs::footprint(pid, false);
+            notes.push(format!("after {when}: {}", diff(&baseline, &now)));
+        }
+    };
+
+    for workload in [Workload::Echo, Workload::Connect] {
+        if !plan.workloads.contains(&workload) {
+            continue;
+        }
+        let word = if workload == Workload::Echo {
+            "echo"
+        } else {
+            "connect"
+        };
+        for &c in &plan.levels {
+            bar.set_message(format!("{name}: {word} C={c}"));
+            let timed = runtime.block_on(async {
+                match workload {
+                    Workload::Echo => {
+                        load::echo(server.addr, pid, c, plan.size, plan.duration, plan.stall).await
+                    }
+                    _ => load::connect(server.addr, pid, c, plan.size, plan.duration).await,
+                }
+            });
+            results.timed.push(timed_row(&name, word, c, &timed));
+            bar.inc(1);
+            server.check_alive()?;
+            back(&format!("{word} C={c}"), &mut notes);
+        }
+    }
+    if plan.workloads.contains(&Workload::Idle) {
+        for &c in &plan.levels {
+            bar.set_message(format!("{name}: idle C={c}"));
+            let before = procfs::footprint(pid, true);
+            let held = runtime.block_on(load::hold(server.addr, pid, c, None, plan.stall));
+            let greeted = held.greeted;
+            let per =
+                |h: u64, b: u64| (greeted > 0).then(|| (h as f64 - b as f64) / greeted as f64);
+            results.idle.push(IdleRow {
+                target: name.clone(),
+                concurrency: c,
+                greeted,
+                baseline: before,
+                held: held.footprint,
+                rss_kib_per_conn: per(held.footprint.rss_kib, before.rss_kib),
+                pss_kib_per_conn: per(held.footprint.pss_kib, before.pss_kib),
+                errors: held.errors,
+                first_error: held.first_error.clone(),
+            });
+            bar.inc(1);
+            server.check_alive()?;
+            back(&format!("idle C={c}"), &mut notes);
+        }
+    }
+    if plan.runs_c10k(target) {
+        let n = plan.c10k_connections;
+        bar.set_message(format!("{name}: C10K ({n} connections)"));
+        let before = procfs::footprint(pid, true);
+        let held = runtime.block_on(load::hold(
+            server.addr,
+            pid,
+            n,
+            Some(plan.size),
+            plan.stall.max(Duration::from_secs(2)),
+        ));
+        results.c10k.push(C10kRow {
+            target: name.clone(),
+            connections: n,
+            greeted: held.greeted,
+            echoed: held.echoed,
+            seconds: held.elapsed.as_secs_f64(),
+            held: held.footprint,
+            rss_kib_per_conn: (held.echoed > 0).then(|| {
+                (held.footprint.rss_kib as f64 - before.rss_kib as f64) / held.echoed as f64
+            }),
+            errors: held.errors,
+            first_error: held.first_error.clone(),
+            passed: held.echoed == n && held.errors == 0,
+        });
+        bar.inc(1);
+        server.check_alive()?;
+        back("C10K", &mut notes);
+    }
+
+    // The leak check: everything back to what the server held right after startup.
+    let back_to_baseline = wait_for_baseline(pid, &baseline, plan.settle);
+    let after = procfs::footprint(pid, false);
+    let stderr_bytes = server.stderr_bytes();
+    bar.set_message(format!("{name}: stopping (SIGTERM)"));
+    let (stop, clean_exit) = server.stop(Duration::from_secs(10));
+    if !back_to_baseline || !clean_exit {
+        bar.println(format!(
+            "bench: {name}: back to baseline: {back_to_baseline}; {stop}"
+        ));
+    }
+    results.leaks.push(LeakRow {
+        target: name,
+        baseline,
+        after,
+        back_to_baseline,
+        notes,
+        stop,
+        clean_exit,
+        stderr_bytes,
+    });
+    Ok(())
+}
+
+fn timed_row(target: &str, workload: &str, c: usize, t: &load::Timed) -> TimedRow {
+    let seconds = t.window.as_secs_f64().max(1e-9);
+    let us = |q: f64| {
+        if t.completed > 0 {
+            t.latency.value_at_quantile(q) as f64 / 1000.0
+        } else {
+            0.0
+        }
+    };
+    TimedRow {
+        target: target.into(),
+        workload: workload.into(),
+        concurrency: c,
+        greeted: t.greeted,
+        completed: t.completed,
+        seconds,
+        per_second: t.completed as f64 / seconds,
+        p50_us: us(0.50),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        server_cpu_pct: 100.0 * t.cpu.server / seconds,
+        server_cpu_us_per_op: if t.completed > 0 {
+            t.cpu.server * 1e6 / t.completed as f64
+        } else {
+            0.0
+        },
+        bench_cpu_pct: 100.0 * t.cpu.bench / seconds,
+        errors: t.errors,
+        first_error: t.first_error.clone(),
+        vs_tokio_ct: None,
+        vs_tokio_mt: None,
+    }
+}
+
+/// Waits until the server's tree stops changing (pre-forked children and pool threads started)
+/// and returns that footprint: the baseline of the leak check.
+fn settle(pid: i32, limit: Duration) -> Footprint {
+    let deadline = Instant::now() + limit.min(Duration::from_secs(3));
+    let mut last = procfs::footprint(pid, false);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = procfs::footprint(pid, false);
+        if now.counts() == last.counts() || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Waits (at most `limit`) until processes, zombies, threads and descriptors are back to `base`.
+fn wait_for_baseline(pid: i32, base: &Footprint, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if procfs::footprint(pid, false).counts() == base.counts() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn diff(base: &Footprint, now: &Footprint) -> String {
+    format!(
+        "processes {}→{}, zombies {}→{}, threads {}→{}, fds {}→{}",
+        base.processes,
+        now.processes,
+        base.zombies,
+        now.zombies,
+        base.threads,
+        now.threads,
+        base.fds,
+        now.fds
+    )
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: C10K needs more than the usual 1,024
+/// descriptors, in the bench and in the servers (which inherit the limit). Says what it did.
+fn raise_fd_limit(needed: usize) -> String {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return "bench: cannot read RLIMIT_NOFILE".into();
+    };
+    let mut note = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => format!("bench: raised the descriptor limit (RLIMIT_NOFILE) from {soft} to the hard limit {hard}"),
+            Err(e) => format!("bench: could not raise the descriptor limit from {soft} to {hard}: {e}"),
+        }
+    } else {
+        format!("bench: descriptor limit (RLIMIT_NOFILE) {soft}, already the hard limit")
+    };
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((soft, hard));
+    if (soft as usize) < needed + 100 {
+        note.push_str(&format!(
+            "; WARNING: {needed} connections need more descriptors than that (raise the hard limit: ulimit -Hn)"
+        ));
+    }
+    note
+}
+
+/// The trimmed stdout of a command, or "?".
+fn shell(argv: &[&str]) -> String {
+    std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
 }

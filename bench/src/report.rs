@@ -1,0 +1,574 @@
+//! The results: rows, markdown tables, CSV, JSON and the SVG charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::procfs::Footprint;
+
+/// One measurement of a timed workload (`echo` or `connect`) at one concurrency.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimedRow {
+    /// The target's short name.
+    pub target: String,
+    /// `echo` or `connect`.
+    pub workload: String,
+    /// Concurrent connections (echo) or concurrent clients (connect).
+    pub concurrency: usize,
+    /// Connections greeted (echo: of `concurrency`; connect: in total).
+    pub greeted: usize,
+    /// Requests (echo) or connections (connect) completed in the window.
+    pub completed: u64,
+    /// The window, seconds.
+    pub seconds: f64,
+    /// `completed` per second.
+    pub per_second: f64,
+    /// Latency percentiles, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Server tree CPU, percent of one core, during the window.
+    pub server_cpu_pct: f64,
+    /// Server tree CPU microseconds per completed request/connection (UNP's metric).
+    pub server_cpu_us_per_op: f64,
+    /// Load generator CPU, percent of one core.
+    pub bench_cpu_pct: f64,
+    /// Failed connections or wrong replies.
+    pub errors: u64,
+    /// What the first error said.
+    pub first_error: Option<String>,
+    /// `per_second` over tokio current-thread's at the same concurrency, same run.
+    pub vs_tokio_ct: Option<f64>,
+    /// `per_second` over tokio multi-thread's.
+    pub vs_tokio_mt: Option<f64>,
+}
+
+/// What holding `concurrency` idle connections cost a server.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleRow {
+    /// The target.
+    pub target: String,
+    /// Connections held open.
+    pub concurrency: usize,
+    /// Of which greeted.
+    pub greeted: usize,
+    /// The server tree before connecting.
+    pub baseline: Footprint,
+    /// The server tree while the connections were held.
+    pub held: Footprint,
+    /// (RSS held - RSS baseline) / greeted connections, KiB.
+    pub rss_kib_per_conn: Option<f64>,
+    /// The same with PSS (shared pages divided between processes).
+    pub pss_kib_per_conn: Option<f64>,
+    /// Failures.
+    pub errors: u64,
+    /// What the first error said.
+    pub first_error: Option<String>,
+}
+
+/// The C10K check.
+#[derive(Clone, Debug, Serialize)]
+pub struct C10kRow {
+    /// The target.
+    pub target: String,
+    /// Connections opened at once.
+    pub connections: usize,
+    /// Greeted.
+    pub greeted: usize,
+    /// Answered one `ECHO` correctly while all were open.
+    pub echoed: usize,
+    /// Seconds to open, greet and echo them all.
+    pub seconds: f64,
+    /// The server tree while they were open.
+    pub held: Footprint,
+    /// (RSS held - RSS baseline) / echoed, KiB.
+    pub rss_kib_per_conn: Option<f64>,
+    /// Failures.
+    pub errors: u64,
+    /// What the first error said.
+    pub first_error: Option<String>,
+    /// All connections greeted and echoed.
+    pub passed: bool,
+}
+
+/// The leak check and the stop of one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakRow {
+    /// The target.
+    pub target: String,
+    /// The server tree after startup.
+    pub baseline: Footprint,
+    /// The server tree after all its workloads (and the wait for it to settle).
+    pub after: Footprint,
+    /// Processes, zombies, threads and descriptors back to the baseline.
+    pub back_to_baseline: bool,
+    /// Points during the run where the tree did not come back in time.
+    pub notes: Vec<String>,
+    /// How the server ended after SIGTERM.
+    pub stop: String,
+    /// It exited with status 0.
+    pub clean_exit: bool,
+    /// Bytes it wrote on stderr despite `--quiet`.
+    pub stderr_bytes: usize,
+}
+
+/// A target that was not measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    /// The target.
+    pub target: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Results {
+    /// The command line, the machine, notes.
+    pub meta: Meta,
+    /// Echo and connect rows.
+    pub timed: Vec<TimedRow>,
+    /// Idle rows.
+    pub idle: Vec<IdleRow>,
+    /// C10K rows.
+    pub c10k: Vec<C10kRow>,
+    /// One per measured target.
+    pub leaks: Vec<LeakRow>,
+    /// Targets not measured.
+    pub skipped: Vec<Skipped>,
+    /// Target name to label.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Where and how the run was made.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Meta {
+    /// The bench's own command line.
+    pub command: String,
+    /// When (UTC, from `date`).
+    pub date: String,
+    /// CPUs available.
+    pub cpus: usize,
+    /// `uname -sr`.
+    pub kernel: String,
+    /// The git commit measured.
+    pub commit: String,
+    /// Payload bytes per ECHO.
+    pub size: usize,
+    /// Seconds per timed measurement.
+    pub duration_s: f64,
+    /// Remarks (descriptor limit, ...).
+    pub notes: Vec<String>,
+}
+
+impl Results {
+    /// Fills in the ratios against the tokio baselines.
+    pub fn compute_ratios(&mut self) {
+        let base = |rows: &[TimedRow], target: &str, workload: &str, c: usize| {
+            rows.iter()
+                .find(|r| r.target == target && r.workload == workload && r.concurrency == c)
+                .map(|r| r.per_second)
+                .filter(|&v| v > 0.0)
+        };
+        let copy = self.timed.clone();
+        for row in &mut self.timed {
+            row.vs_tokio_ct =
+                base(&copy, "tokio-ct", &row.workload, row.concurrency).map(|b| row.per_second / b);
+            row.vs_tokio_mt =
+                base(&copy, "tokio-mt", &row.workload, row.concurrency).map(|b| row.per_second / b);
+        }
+    }
+
+    /// The whole report as markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.meta;
+        let _ = writeln!(out, "# netlabs bench results\n");
+        let _ = writeln!(out, "- command: `{}`", m.command);
+        let _ = writeln!(
+            out,
+            "- date: {}; commit {}; {} CPUs; {}",
+            m.date, m.commit, m.cpus, m.kernel
+        );
+        let _ = writeln!(
+            out,
+            "- ECHO payload {} bytes; {} s per timed measurement",
+            m.size, m.duration_s
+        );
+        for note in &m.notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        for s in &self.skipped {
+            let _ = writeln!(out, "- skipped **{}**: {}", s.target, s.reason);
+        }
+        let _ = writeln!(
+            out,
+            "\nCPU columns are percent of one core (200% = both cores of a 2-core machine); \
+            `server` is the server's whole process tree, `bench` the load generator."
+        );
+        for (workload, title, unit) in [
+            (
+                "echo",
+                "echo: one request in flight per connection",
+                "req/s",
+            ),
+            (
+                "connect",
+                "connect: a new connection per request (connect, HELLO, ECHO, QUIT, close)",
+                "conn/s",
+            ),
+        ] {
+            let rows: Vec<&TimedRow> = self
+                .timed
+                .iter()
+                .filter(|r| r.workload == workload)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "\n## {title}\n");
+            let _ = writeln!(
+                out,
+                "| target | C | greeted | {unit} | × tokio-ct | × tokio-mt | p50 µs | p99 µs | p99.9 µs | server CPU µs/op | server CPU | bench CPU | errors |"
+            );
+            let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}% | {:.0}% | {} |",
+                    r.target,
+                    r.concurrency,
+                    r.greeted,
+                    r.per_second,
+                    ratio(r.vs_tokio_ct),
+                    ratio(r.vs_tokio_mt),
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.server_cpu_us_per_op,
+                    r.server_cpu_pct,
+                    r.bench_cpu_pct,
+                    error_cell(r.errors, &r.first_error),
+                );
+            }
+        }
+        if !self.idle.is_empty() {
+            let _ = writeln!(out, "\n## idle: C connections held open, each greeted\n");
+            let _ = writeln!(out, "| target | C | greeted | processes | threads | fds | RSS KiB | KiB/conn (RSS) | KiB/conn (PSS) | errors |");
+            let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            for r in &self.idle {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.target,
+                    r.concurrency,
+                    r.greeted,
+                    r.held.processes,
+                    r.held.threads,
+                    r.held.fds,
+                    r.held.rss_kib,
+                    kib(r.rss_kib_per_conn),
+                    kib(r.pss_kib_per_conn),
+                    error_cell(r.errors, &r.first_error),
+                );
+            }
+        }
+        if !self.c10k.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## C10K: connections open at once, each greeted and answering one ECHO\n"
+            );
+            let _ = writeln!(out, "| target | connections | greeted | echoed | seconds | processes | threads | fds | RSS KiB | KiB/conn | result |");
+            let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+            for r in &self.c10k {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                    r.target,
+                    r.connections,
+                    r.greeted,
+                    r.echoed,
+                    r.seconds,
+                    r.held.processes,
+                    r.held.threads,
+                    r.held.fds,
+                    r.held.rss_kib,
+                    kib(r.rss_kib_per_conn),
+                    if r.passed {
+                        "pass".to_string()
+                    } else {
+                        format!("FAIL {}", error_cell(r.errors, &r.first_error))
+                    },
+                );
+            }
+        }
+        if !self.leaks.is_empty() {
+            let _ = writeln!(out, "\n## leaks and shutdown: the server tree after its runs, against its baseline after startup\n");
+            let _ = writeln!(out, "| target | processes | threads | fds | zombies | back to baseline | SIGTERM | stderr bytes |");
+            let _ = writeln!(out, "|---|--:|--:|--:|--:|---|---|--:|");
+            for r in &self.leaks {
+                let pair = |a: u64, b: u64| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a} → {b}")
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.target,
+                    pair(r.baseline.processes, r.after.processes),
+                    pair(r.baseline.threads, r.after.threads),
+                    pair(r.baseline.fds, r.after.fds),
+                    pair(r.baseline.zombies, r.after.zombies),
+                    if r.back_to_baseline && r.notes.is_empty() {
+                        "yes".to_string()
+                    } else if r.back_to_baseline {
+                        format!("yes (late: {})", r.notes.join("; "))
+                    } else {
+                        format!("**NO** {}", r.notes.join("; "))
+                    },
+                    r.stop,
+                    r.stderr_bytes,
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes results.json, results.md, a CSV per table and an SVG per timed workload into `dir`.
+    /// Returns the files written.
+    pub fn write(&self, dir: &Path) -> Result<Vec<String>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut written = Vec::new();
+        let mut put = |name: &str, text: String| -> Result<()> {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written.push(path.display().to_string());
+            Ok(())
+        };
+        put("results.json", serde_json::to_string_pretty(self)?)?;
+        put("results.md", self.markdown())?;
+        for workload in ["echo", "connect"] {
+            let rows: Vec<&TimedRow> = self
+                .timed
+                .iter()
+                .filter(|r| r.workload == workload)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut csv = String::from("target,workload,concurrency,greeted,completed,seconds,per_second,vs_tokio_ct,vs_tokio_mt,p50_us,p99_us,p999_us,server_cpu_pct,server_cpu_us_per_op,bench_cpu_pct,errors\n");
+            for r in rows {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{},{:.3},{:.1},{},{},{:.1},{:.1},{:.1},{:.1},{:.2},{:.1},{}",
+                    r.target,
+                    r.workload,
+                    r.concurrency,
+                    r.greeted,
+                    r.completed,
+                    r.seconds,
+                    r.per_second,
+                    r.vs_tokio_ct.map_or(String::new(), |v| format!("{v:.3}")),
+                    r.vs_tokio_mt.map_or(String::new(), |v| format!("{v:.3}")),
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.server_cpu_pct,
+                    r.server_cpu_us_per_op,
+                    r.bench_cpu_pct,
+                    r.errors
+                );
+            }
+            put(&format!("{workload}.csv"), csv)?;
+        }
+        if !self.idle.is_empty() {
+            let mut csv = String::from("target,concurrency,greeted,processes,threads,fds,rss_kib,pss_kib,baseline_rss_kib,baseline_pss_kib,rss_kib_per_conn,pss_kib_per_conn,errors\n");
+            for r in &self.idle {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.target,
+                    r.concurrency,
+                    r.greeted,
+                    r.held.processes,
+                    r.held.threads,
+                    r.held.fds,
+                    r.held.rss_kib,
+                    r.held.pss_kib,
+                    r.baseline.rss_kib,
+                    r.baseline.pss_kib,
+                    r.rss_kib_per_conn
+                        .map_or(String::new(), |v| format!("{v:.2}")),
+                    r.pss_kib_per_conn
+                        .map_or(String::new(), |v| format!("{v:.2}")),
+                    r.errors
+                );
+            }
+            put("idle.csv", csv)?;
+        }
+        if !self.c10k.is_empty() {
+            let mut csv = String::from("target,connections,greeted,echoed,seconds,processes,threads,fds,rss_kib,rss_kib_per_conn,errors,passed\n");
+            for r in &self.c10k {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{:.3},{},{},{},{},{},{},{}",
+                    r.target,
+                    r.connections,
+                    r.greeted,
+                    r.echoed,
+                    r.seconds,
+                    r.held.processes,
+                    r.held.threads,
+                    r.held.fds,
+                    r.held.rss_kib,
+                    r.rss_kib_per_conn
+                        .map_or(String::new(), |v| format!("{v:.2}")),
+                    r.errors,
+                    r.passed
+                );
+            }
+            put("c10k.csv", csv)?;
+        }
+        if !self.leaks.is_empty() {
+            let mut csv = String::from("target,baseline_processes,after_processes,baseline_threads,after_threads,baseline_fds,after_fds,after_zombies,back_to_baseline,stop,clean_exit,stderr_bytes\n");
+            for r in &self.leaks {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.target,
+                    r.baseline.processes,
+                    r.after.processes,
+                    r.baseline.threads,
+                    r.after.threads,
+                    r.baseline.fds,
+                    r.after.fds,
+                    r.after.zombies,
+                    r.back_to_baseline,
+                    r.stop.replace(',', ";"),
+                    r.clean_exit,
+                    r.stderr_bytes
+                );
+            }
+            put("leaks.csv", csv)?;
+        }
+        for (workload, unit) in [("echo", "requests/s"), ("connect", "connections/s")] {
+            if self.timed.iter().any(|r| r.workload == workload) {
+                let path = dir.join(format!("{workload}.svg"));
+                self.chart(workload, unit, &path)
+                    .with_context(|| format!("cannot draw {}", path.display()))?;
+                written.push(path.display().to_string());
+            }
+        }
+        Ok(written)
+    }
+
+    /// Throughput and p99 latency against concurrency, one line per target, log-log.
+    fn chart(&self, workload: &str, unit: &str, path: &Path) -> Result<()> {
+        let rows: Vec<&TimedRow> = self
+            .timed
+            .iter()
+            .filter(|r| r.workload == workload)
+            .collect();
+        let mut targets: Vec<&str> = Vec::new();
+        for r in &rows {
+            if !targets.contains(&r.target.as_str()) {
+                targets.push(&r.target);
+            }
+        }
+        let cs = rows.iter().map(|r| r.concurrency as f64);
+        let (c_min, c_max) = cs.fold((f64::MAX, 1.0f64), |(lo, hi), c| (lo.min(c), hi.max(c)));
+        let x_range = (c_min.max(1.0) * 0.8)..(c_max * 1.25);
+
+        let root = SVGBackend::new(path, (1280, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (title, body) = root.split_vertically(40);
+        title
+            .titled(
+                &format!(
+                    "netlabs bench, {workload} workload ({} CPUs, payload {} B, {} s per point)",
+                    self.meta.cpus, self.meta.size, self.meta.duration_s
+                ),
+                ("sans-serif", 20),
+            )
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let panels = body.split_evenly((1, 2));
+        let metrics: [(&str, &dyn Fn(&TimedRow) -> f64); 2] = [
+            (unit, &|r: &TimedRow| r.per_second),
+            ("p99 latency, µs", &|r: &TimedRow| r.p99_us),
+        ];
+        for (panel, (name, value)) in panels.iter().zip(metrics) {
+            let values: Vec<f64> = rows.iter().map(|r| value(r)).filter(|v| *v > 0.0).collect();
+            let lo = values.iter().cloned().fold(f64::MAX, f64::min).min(1e9);
+            let hi = values.iter().cloned().fold(1.0f64, f64::max);
+            let y_range = (lo.max(0.1) * 0.7)..(hi * 1.5);
+            let mut chart = ChartBuilder::on(panel)
+                .margin(15)
+                .caption(name, ("sans-serif", 18))
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x_range.clone().log_scale(), y_range.log_scale())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            chart
+                .configure_mesh()
+                .x_desc("concurrent connections (log)")
+                .y_desc(format!("{name} (log)"))
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (i, target) in targets.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                let points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.target == *target)
+                    .map(|r| (r.concurrency as f64, value(r)))
+                    .filter(|(_, v)| *v > 0.0)
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .label(*target)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(())
+    }
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.2}×"))
+}
+
+fn kib(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+fn error_cell(count: u64, first: &Option<String>) -> String {
+    match (count, first) {
+        (0, _) => "0".into(),
+        (n, Some(e)) => format!("{n} ({})", e.replace('|', "/")),
+        (n, None) => n.to_string(),
+    }
+}

@@ -1,0 +1,620 @@
+//! lab05: forked children (distinct pids) that share `INCR`'s counter through POSIX shared memory
+//! and relay `SAY` through POSIX message queues; no IPC object outlives the server.
+//!
+//! Grade this lab alone with `cargo test -p tests --test lab05_ipc`.
+//!
+//! Every server here is stopped with SIGTERM or SIGINT at the end of its test where that matters,
+//! and the harness kills the rest with SIGKILL (which leaves IPC objects behind: the next server
+//! to start removes them, which is one of the things tested).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+
+const SERVER: &str = "ipc-server";
+
+/// A starting server removes the leftovers of dead servers. The test of that must be the only
+/// one to start a server while it watches, so starts take this lock shared and that test takes it
+/// exclusive. A file lock, so that it also holds across test processes (nextest).
+fn startup_lock(exclusive: bool) -> Flock<File> {
+    let path = std::env::temp_dir().join("netlabs-lab05-startup.lock");
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the startup lock file");
+    let how = if exclusive {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    Flock::lock(file, how).unwrap_or_else(|(_, e)| panic!("flock {path:?}: {e}"))
+}
+
+fn start(args: &[&str]) -> Server {
+    let _lock = startup_lock(false);
+    Server::start(SERVER, args)
+}
+
+/// The client id a `WHO` reply gives.
+fn client_id(client: &mut Client) -> u64 {
+    let who = client.request("WHO");
+    who.rsplit("client=")
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no client id in {who:?}"))
+}
+
+/// The pid that serves `client`, from its `HELLO`.
+fn served_by(client: &Client) -> i32 {
+    client.hello.as_ref().expect("greeted").pid
+}
+
+/// Files in /dev/shm that belong to server `pid` (`netlabs-ipc-<pid>-...`).
+fn shm_objects_of(pid: i32) -> Vec<String> {
+    let prefix = format!("netlabs-ipc-{pid}-");
+    let mut found: Vec<String> = std::fs::read_dir("/dev/shm")
+        .expect("list /dev/shm")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Queues of server `pid` listed in /dev/mqueue, if the mqueue file system is mounted there.
+fn mounted_queues_of(pid: i32) -> Vec<String> {
+    let prefix = format!("netlabs-ipc-{pid}-");
+    std::fs::read_dir("/dev/mqueue")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The message queues the server's narration says it created.
+fn narrated_queues(server: &Server) -> BTreeSet<String> {
+    server
+        .stderr()
+        .lines()
+        .filter_map(|line| line.split("created message queue ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a message queue of that name exists: `mq_open` without `O_CREAT` fails with ENOENT
+/// if not. (This works whether or not /dev/mqueue is mounted.)
+fn queue_exists(name: &str) -> bool {
+    match mq_open(
+        name,
+        MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
+        Mode::empty(),
+        None,
+    ) {
+        Ok(mqd) => {
+            mq_close(mqd).expect("mq_close");
+            true
+        }
+        Err(Errno::ENOENT) => false,
+        Err(e) => panic!("mq_open({name}) failed with {e}, neither opened nor ENOENT"),
+    }
+}
+
+/// The server's live (non-zombie) children.
+fn live_children(server: &Server) -> BTreeSet<i32> {
+    server
+        .children()
+        .into_iter()
+        .filter(|&pid| procfs::alive(pid))
+        .collect()
+}
+
+/// Reads `count` MSG lines from `client`.
+fn messages(client: &mut Client, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            client
+                .next_message()
+                .unwrap_or_else(|e| panic!("message {i} of {count}: {e}"))
+        })
+        .collect()
+}
+
+/// True if `client` gets no MSG: a round trip comes back with nothing before it. A child passes
+/// on what is in its queue before it reads its client's next request, and a `SAY` is answered
+/// only once the message is in every queue, so a message sent before would have come first.
+fn got_no_message(client: &mut Client) -> bool {
+    assert_eq!(
+        client.request("ECHO anything for me?"),
+        "OK anything for me?"
+    );
+    client.messages.is_empty()
+}
+
+#[test]
+fn three_clients_three_children_one_shared_counter() {
+    let server = start(&[]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    assert_eq!(pids.len(), 3, "three distinct serving processes: {pids:?}");
+    for client in &mut clients {
+        let hello = client.hello.clone().unwrap();
+        assert_eq!(hello.model, "ipc");
+        assert_ne!(hello.pid, server.pid(), "served by a child, not the parent");
+        let stat = procfs::stat(hello.pid).expect("the serving child exists");
+        assert_eq!(stat.ppid, server.pid(), "its parent is the server");
+        let who = client.request("WHO");
+        assert!(
+            who.starts_with(&format!("OK model=ipc pid={} ", hello.pid)),
+            "{who}"
+        );
+    }
+    assert_eq!(live_children(&server), pids);
+    // Unlike lab02, the counter is shared: 1, 2, 3 across three processes.
+    let counts: Vec<String> = clients.iter_mut().map(|c| c.request("INCR")).collect();
+    assert_eq!(counts, ["OK 1", "OK 2", "OK 3"]);
+    assert_eq!(clients[1].request("INCR"), "OK 4");
+    assert_eq!(clients[0].request("INCR"), "OK 5");
+    // A new client (a new child) sees the same counter.
+    let mut later = server.greeted();
+    assert_eq!(later.request("INCR"), "OK 6");
+    // It lives in the server's shared-memory object.
+    assert_eq!(
+        shm_objects_of(server.pid()),
+        [format!("netlabs-ipc-{}-shm", server.pid())]
+    );
+    for pid in [server.pid()].into_iter().chain(pids) {
+        assert_eq!(
+            procfs::threads(pid).len(),
+            1,
+            "process {pid} is single-threaded"
+        );
+    }
+}
+
+#[test]
+fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
+    let server = start(&[]);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let mut c = server.greeted();
+    assert_ne!(served_by(&a), served_by(&b));
+    assert_ne!(served_by(&b), served_by(&c));
+    let a_id = client_id(&mut a);
+    assert_eq!(a.request("SAY hello from a"), "OK");
+    assert_eq!(b.next_message(), Ok(format!("MSG {a_id} hello from a")));
+    assert_eq!(c.next_message(), Ok(format!("MSG {a_id} hello from a")));
+    assert!(
+        got_no_message(&mut a),
+        "the sender got its own message: {:?}",
+        a.messages
+    );
+
+    let c_id = client_id(&mut c);
+    assert_eq!(c.request("SAY and from c"), "OK");
+    assert_eq!(a.next_message(), Ok(format!("MSG {c_id} and from c")));
+    assert_eq!(b.next_message(), Ok(format!("MSG {c_id} and from c")));
+    assert!(got_no_message(&mut c));
+    // One queue per child, each named after the server and the child.
+    let queues = narrated_queues(&server);
+    let expected: BTreeSet<String> = [&a, &b, &c]
+        .iter()
+        .map(|cl| format!("/netlabs-ipc-{}-child-{}", server.pid(), served_by(cl)))
+        .collect();
+    assert_eq!(queues, expected);
+    for queue in &queues {
+        assert!(queue_exists(queue), "{queue} exists while its child runs");
+    }
+}
+
+#[test]
+fn a_4096_byte_say_arrives_whole() {
+    let server = start(&[]);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let a_id = client_id(&mut a);
+    // "SAY " + 4,092 bytes: a line of exactly 4,096 bytes, the protocol's limit.
+    let text: String = (0..4092)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let line = format!("SAY {text}");
+    assert_eq!(line.len(), 4096);
+    assert_eq!(a.request(&line), "OK");
+    let message = b.next_message().expect("the long message");
+    assert_eq!(message.len(), format!("MSG {a_id} ").len() + 4092);
+    assert_eq!(message, format!("MSG {a_id} {text}"));
+    // One byte more is refused, and nothing is relayed.
+    assert_eq!(a.request(&format!("{line}x")), "ERR line too long");
+    assert!(got_no_message(&mut b));
+}
+
+#[test]
+fn a_burst_of_100_says_arrives_complete_and_in_order_at_each_other_client() {
+    let server = start(&[]);
+    let mut sender = server.greeted();
+    let sender_id = client_id(&mut sender);
+    let readers: Vec<thread::JoinHandle<Vec<String>>> = (0..2)
+        .map(|_| {
+            let mut reader = server.greeted();
+            // Greeted and registered (its WHO is answered after its queue exists).
+            client_id(&mut reader);
+            thread::spawn(move || messages(&mut reader, 100))
+        })
+        .collect();
+    // All 100 in one write: the child reads them as fast as it can relay them.
+    let burst: String = (0..100).map(|i| format!("SAY burst {i}\n")).collect();
+    sender.send_raw(burst.as_bytes());
+    for i in 0..100 {
+        let reply = sender
+            .read_reply()
+            .unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert_eq!(reply, "OK", "SAY {i} was not delivered to everyone");
+    }
+    let expected: Vec<String> = (0..100)
+        .map(|i| format!("MSG {sender_id} burst {i}"))
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.join().expect("reader thread"), expected);
+    }
+    assert!(
+        sender.messages.is_empty(),
+        "the sender got its own messages"
+    );
+}
+
+#[test]
+fn fifty_clients_connected_at_once_all_receive_a_say() {
+    let server = start(&[]);
+    let mut clients: Vec<Client> = (0..50).map(|_| server.greeted()).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    assert_eq!(pids.len(), 50, "fifty serving processes");
+    let first_id = client_id(&mut clients[0]);
+    let last_id = client_id(&mut clients[49]);
+    assert_eq!(clients[0].request("SAY to all fifty"), "OK");
+    assert_eq!(clients[49].request("SAY and back"), "OK");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut expected = Vec::new();
+        if i != 0 {
+            expected.push(format!("MSG {first_id} to all fifty"));
+        }
+        if i != 49 {
+            expected.push(format!("MSG {last_id} and back"));
+        }
+        assert_eq!(messages(client, expected.len()), expected, "client {i}");
+    }
+    let stderr = server.stderr();
+    assert_eq!(narrated_queues(&server).len(), 50, "{stderr}");
+    assert!(!stderr.contains("cannot create message queue"), "{stderr}");
+}
+
+#[test]
+fn a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
+    let server = start(&[]);
+    let mut sender = server.greeted();
+    let mut sleeper = server.greeted();
+    let mut awake = server.greeted();
+    let sender_id = client_id(&mut sender);
+    let sleeper_id = client_id(&mut sleeper);
+    client_id(&mut awake);
+    // The sleeper's child blocks in SLEEP and does not empty its queue (2 messages) meanwhile.
+    sleeper.send("SLEEP 4000");
+    let slept = Instant::now();
+    let mut said = Vec::new();
+    let mut missed = None;
+    for i in 0..8 {
+        let asked = Instant::now();
+        let reply = sender.request(&format!("SAY note {i}"));
+        said.push(format!("MSG {sender_id} note {i}"));
+        if reply == "OK" {
+            continue;
+        }
+        // Told who missed it, after waiting (500 ms) for room, not forever.
+        assert!(
+            reply.starts_with(&format!("ERR client {sleeper_id} missed it")),
+            "{reply}"
+        );
+        assert!(
+            asked.elapsed() >= Duration::from_millis(300),
+            "gave up at once"
+        );
+        missed = Some(i);
+        break;
+    }
+    let missed = missed.expect("a SAY to a sleeping client's full queue was reported missed");
+    assert!(
+        slept.elapsed() < Duration::from_millis(3500),
+        "the test was too slow to check this while the sleeper slept"
+    );
+    // The sender's connection is fine, and the awake client got every message.
+    assert_eq!(sender.request("ECHO still here"), "OK still here");
+    assert_eq!(messages(&mut awake, said.len()), said);
+    // The sleeper gets, after its SLEEP, exactly the messages that were not reported missed.
+    assert_eq!(sleeper.read_reply(), Ok("OK slept 4000".into()));
+    let delivered: Vec<String> = said[..missed].to_vec();
+    assert_eq!(messages(&mut sleeper, delivered.len()), delivered);
+    assert!(got_no_message(&mut sleeper), "{:?}", sleeper.messages);
+}
+
+#[test]
+fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
+    let server = start(&["--allow-panic"]);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let mut doomed = server.greeted();
+    let doomed_pid = served_by(&doomed);
+    let doomed_queue = format!("/netlabs-ipc-{}-child-{doomed_pid}", server.pid());
+    assert!(queue_exists(&doomed_queue));
+    assert_eq!(a.request("INCR"), "OK 1");
+    assert_eq!(doomed.request("INCR"), "OK 2");
+    doomed.send("PANIC");
+    assert!(
+        doomed.closes(),
+        "the panicking child's client is disconnected"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !server
+            .children()
+            .contains(&doomed_pid)),
+        "the panicked child was reaped"
+    );
+    assert!(procfs::zombie_children_of(server.pid()).is_empty());
+    // Its queue could not be removed by the child itself: the parent did it when it reaped it.
+    assert!(
+        wait_until(Duration::from_secs(5), || !queue_exists(&doomed_queue)),
+        "{}",
+        server.stderr()
+    );
+    // The counter goes on where it was, and the chat still works between the survivors.
+    assert_eq!(b.request("INCR"), "OK 3");
+    assert_eq!(a.request("INCR"), "OK 4");
+    let a_id = client_id(&mut a);
+    assert_eq!(a.request("SAY still here"), "OK");
+    assert_eq!(b.next_message(), Ok(format!("MSG {a_id} still here")));
+}
+
+/// Stops a busy server with `signal` and checks that it leaves nothing behind.
+fn stops_cleanly_on(signal: Signal) {
+    let mut server = start(&["--allow-panic"]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    assert_eq!(clients[0].request("INCR"), "OK 1");
+    assert_eq!(clients[0].request("SAY hi"), "OK");
+    let queues = narrated_queues(&server);
+    assert_eq!(queues.len(), 3);
+    assert!(queues.iter().all(|q| queue_exists(q)));
+    assert_eq!(shm_objects_of(server.pid()).len(), 1);
+    let pids: Vec<i32> = clients.iter().map(served_by).collect();
+
+    let status = server.stop_with(signal, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "exit status after {signal}");
+    for client in &mut clients {
+        let mut last = String::new();
+        while let Ok(line) = client.read_line() {
+            last = line;
+        }
+        assert_eq!(last, "BYE", "each client is told");
+    }
+    assert_eq!(
+        shm_objects_of(server.pid()),
+        Vec::<String>::new(),
+        "/dev/shm after {signal}"
+    );
+    assert_eq!(mounted_queues_of(server.pid()), Vec::<String>::new());
+    for queue in &queues {
+        assert!(!queue_exists(queue), "{queue} still exists after {signal}");
+    }
+    for pid in pids {
+        assert!(!procfs::alive(pid), "child {pid} is still running");
+        assert!(
+            procfs::stat(pid).is_none(),
+            "child {pid} is left as a zombie"
+        );
+    }
+    assert_eq!(procfs::live_in_group(server.pid()), Vec::<i32>::new());
+    let stderr = server.stderr();
+    assert!(stderr.contains("removed shared memory"), "{stderr}");
+}
+
+#[test]
+fn sigterm_removes_every_ipc_object_and_every_child() {
+    stops_cleanly_on(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_removes_every_ipc_object_and_every_child() {
+    stops_cleanly_on(Signal::SIGINT);
+}
+
+#[test]
+fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
+    let lock = startup_lock(true); // no other server starts (and cleans) meanwhile
+    let mut killed = Server::start(SERVER, &[]);
+    let mut a = killed.greeted();
+    let mut b = killed.greeted();
+    assert_eq!(a.request("INCR"), "OK 1");
+    assert_eq!(b.request("INCR"), "OK 2");
+    let queues = narrated_queues(&killed);
+    assert_eq!(queues.len(), 2);
+    let shm = shm_objects_of(killed.pid());
+    assert_eq!(shm.len(), 1);
+
+    // SIGKILL cannot be caught: the server and its children die without cleaning up.
+    killpg(Pid::from_raw(killed.pid()), Signal::SIGKILL).expect("killpg");
+    assert!(killed.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(wait_until(Duration::from_secs(10), || {
+        procfs::live_in_group(killed.pid()).is_empty()
+    }));
+    assert_eq!(shm_objects_of(killed.pid()), shm, "left in /dev/shm");
+    assert!(queues.iter().all(|q| queue_exists(q)), "queues left behind");
+
+    let next = Server::start(SERVER, &[]);
+    drop(lock);
+    assert_eq!(shm_objects_of(killed.pid()), Vec::<String>::new());
+    for queue in &queues {
+        assert!(!queue_exists(queue), "{queue} was not cleaned up");
+    }
+    let stderr = next.stderr();
+    assert!(
+        stderr.contains(&format!("removed stale shared memory /{}", shm[0])),
+        "{stderr}"
+    );
+    for queue in &queues {
+        assert!(
+            stderr.contains(&format!("removed stale message queue {queue}")),
+            "{stderr}"
+        );
+    }
+    // The new server has its own, fresh counter.
+    let mut c = next.greeted();
+    assert_eq!(c.request("INCR"), "OK 1");
+}
+
+#[test]
+fn two_servers_side_by_side_share_nothing() {
+    let one = start(&[]);
+    let two = start(&[]);
+    let mut a1 = one.greeted();
+    let mut b1 = one.greeted();
+    let mut a2 = two.greeted();
+    let mut b2 = two.greeted();
+    assert_eq!(a1.request("INCR"), "OK 1");
+    assert_eq!(b1.request("INCR"), "OK 2");
+    assert_eq!(
+        a2.request("INCR"),
+        "OK 1",
+        "the second server has its own counter"
+    );
+    assert_eq!(b1.request("INCR"), "OK 3");
+    assert_eq!(b2.request("INCR"), "OK 2");
+
+    let a2_id = client_id(&mut a2);
+    assert_eq!(a2.request("SAY only for server two"), "OK");
+    assert_eq!(
+        b2.next_message(),
+        Ok(format!("MSG {a2_id} only for server two"))
+    );
+    assert!(got_no_message(&mut a1));
+    assert!(got_no_message(&mut b1));
+    let a1_id = client_id(&mut a1);
+    assert_eq!(a1.request("SAY only for server one"), "OK");
+    assert_eq!(
+        b1.next_message(),
+        Ok(format!("MSG {a1_id} only for server one"))
+    );
+    assert!(got_no_message(&mut b2));
+
+    assert_ne!(shm_objects_of(one.pid()), shm_objects_of(two.pid()));
+    assert!(narrated_queues(&one).is_disjoint(&narrated_queues(&two)));
+}
+
+#[test]
+fn each_child_keeps_only_what_it_needs() {
+    let server = start(&[]);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let mut c = server.greeted();
+    client_id(&mut b);
+    client_id(&mut c);
+    let child = served_by(&a);
+    let parent_links = fd_links(server.pid());
+    let child_links = fd_links(child);
+    // The child closed its copy of the listening socket: it shares no socket with the parent.
+    let sockets = |links: &BTreeSet<String>| -> BTreeSet<String> {
+        links
+            .iter()
+            .filter(|l| l.starts_with("socket:"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        sockets(&parent_links).len(),
+        1,
+        "the parent holds only the listener"
+    );
+    assert_eq!(
+        sockets(&child_links).len(),
+        1,
+        "the child holds only its client"
+    );
+    assert!(sockets(&child_links).is_disjoint(&sockets(&parent_links)));
+    // Sending opens the other children's queues and closes them again: no descriptor piles up.
+    let before = procfs::fd_count(child);
+    for i in 0..20 {
+        assert_eq!(a.request(&format!("SAY {i}")), "OK");
+    }
+    assert_eq!(messages(&mut b, 20).len(), 20);
+    assert_eq!(messages(&mut c, 20).len(), 20);
+    assert_eq!(procfs::fd_count(child), before, "{:?}", fd_links(child));
+}
+
+fn fd_links(pid: i32) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn max_children_makes_further_clients_wait_in_the_accept_queue() {
+    let server = start(&["--max-children", "2"]);
+    let mut a = server.greeted();
+    let _b = server.greeted();
+    let mut c = server.connect();
+    c.set_timeout(Duration::from_millis(700));
+    assert!(
+        c.read_line().is_err(),
+        "a third client was served at --max-children 2"
+    );
+    c.set_timeout(tests::READ_TIMEOUT);
+    assert_eq!(a.request("QUIT"), "OK bye");
+    let hello = c.read_hello();
+    assert_eq!(c.request("INCR"), "OK 1");
+    assert_ne!(hello.pid, server.pid());
+}
+
+#[test]
+fn the_demo_shows_separate_pids_sharing_one_counter_and_one_chat() {
+    let _lock = startup_lock(false);
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--demo", "3"]);
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("server stopped with SIGTERM: exit status: 0"),
+        "{stdout}"
+    );
+    let pids: BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("<- HELLO ipc pid=").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(pids.len(), 3, "{stdout}");
+    // Six INCRs in all, by three processes: one counter, 1 to 6.
+    let mut counts: Vec<u64> = stdout
+        .lines()
+        .filter(|l| !l.contains("slept"))
+        .filter_map(|l| l.split("<- OK ").nth(1)?.trim().parse().ok())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 2, 3, 4, 5, 6], "{stdout}");
+    // Each client hears the other two.
+    let broadcasts = stdout
+        .lines()
+        .filter(|l| l.contains("(a broadcast)"))
+        .count();
+    assert_eq!(broadcasts, 6, "{stdout}");
+}

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
@@ -41,9 +42,35 @@ fn startup_lock(exclusive: bool) -> Flock<File> {
     Flock::lock(file, how).unwrap_or_else(|(_, e)| panic!("flock {path:?}: {e}"))
 }
 
-fn start(args: &[&str]) -> Server {
+/// A server that is stopped with SIGTERM when the test ends, so that it removes its IPC objects
+/// (the harness's own drop uses SIGKILL, which would leave them for the next start to clean).
+struct Stopping(Server);
+
+impl Deref for Stopping {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl DerefMut for Stopping {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if self.0.wait_exit(Duration::ZERO).is_none() {
+            let _ = kill(Pid::from_raw(self.0.pid()), Signal::SIGTERM);
+            let _ = self.0.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
+
+fn start(args: &[&str]) -> Stopping {
     let _lock = startup_lock(false);
-    Server::start(SERVER, args)
+    Stopping(Server::start(SERVER, args))
 }
 
 /// The client id a `WHO` reply gives.
@@ -84,15 +111,25 @@ fn mounted_queues_of(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The message queues the server's narration says it created.
-fn narrated_queues(server: &Server) -> BTreeSet<String> {
-    server
-        .stderr()
-        .lines()
-        .filter_map(|line| line.split("created message queue ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+/// The message queues the server's narration says it created, once it has narrated `count` (its
+/// stderr is read by another thread, so the lines may come a moment after the replies).
+fn narrated_queues(server: &Server, count: usize) -> BTreeSet<String> {
+    let read = || -> BTreeSet<String> {
+        server
+            .stderr()
+            .lines()
+            .filter_map(|line| line.split("created message queue ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), || read().len() >= count);
+    read()
+}
+
+/// Waits until the server's narration contains `text`; true if it did within 10 s.
+fn narrated(server: &Server, text: &str) -> bool {
+    wait_until(Duration::from_secs(10), || server.stderr().contains(text))
 }
 
 /// Whether a message queue of that name exists: `mq_open` without `O_CREAT` fails with ENOENT
@@ -209,7 +246,7 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
     assert_eq!(b.next_message(), Ok(format!("MSG {c_id} and from c")));
     assert!(got_no_message(&mut c));
     // One queue per child, each named after the server and the child.
-    let queues = narrated_queues(&server);
+    let queues = narrated_queues(&server, 3);
     let expected: BTreeSet<String> = [&a, &b, &c]
         .iter()
         .map(|cl| format!("/netlabs-ipc-{}-child-{}", server.pid(), served_by(cl)))
@@ -295,8 +332,9 @@ fn fifty_clients_connected_at_once_all_receive_a_say() {
         }
         assert_eq!(messages(client, expected.len()), expected, "client {i}");
     }
+    let queues = narrated_queues(&server, 50);
     let stderr = server.stderr();
-    assert_eq!(narrated_queues(&server).len(), 50, "{stderr}");
+    assert_eq!(queues.len(), 50, "{stderr}");
     assert!(!stderr.contains("cannot create message queue"), "{stderr}");
 }
 
@@ -310,7 +348,10 @@ fn a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
     let sleeper_id = client_id(&mut sleeper);
     client_id(&mut awake);
     // The sleeper's child blocks in SLEEP and does not empty its queue (2 messages) meanwhile.
-    sleeper.send("SLEEP 4000");
+    // Both lines in one write: once ECHO is answered, the child goes straight on to the SLEEP
+    // it has already read, without looking at its queue in between.
+    sleeper.send_raw(b"ECHO ready\nSLEEP 4000\n");
+    assert_eq!(sleeper.read_reply(), Ok("OK ready".into()));
     let slept = Instant::now();
     let mut said = Vec::new();
     let mut missed = None;
@@ -391,7 +432,7 @@ fn stops_cleanly_on(signal: Signal) {
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
     assert_eq!(clients[0].request("INCR"), "OK 1");
     assert_eq!(clients[0].request("SAY hi"), "OK");
-    let queues = narrated_queues(&server);
+    let queues = narrated_queues(&server, 3);
     assert_eq!(queues.len(), 3);
     assert!(queues.iter().all(|q| queue_exists(q)));
     assert_eq!(shm_objects_of(server.pid()).len(), 1);
@@ -423,8 +464,11 @@ fn stops_cleanly_on(signal: Signal) {
         );
     }
     assert_eq!(procfs::live_in_group(server.pid()), Vec::<i32>::new());
-    let stderr = server.stderr();
-    assert!(stderr.contains("removed shared memory"), "{stderr}");
+    assert!(
+        narrated(&server, "removed shared memory"),
+        "{}",
+        server.stderr()
+    );
 }
 
 #[test]
@@ -445,7 +489,7 @@ fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
     let mut b = killed.greeted();
     assert_eq!(a.request("INCR"), "OK 1");
     assert_eq!(b.request("INCR"), "OK 2");
-    let queues = narrated_queues(&killed);
+    let queues = narrated_queues(&killed, 2);
     assert_eq!(queues.len(), 2);
     let shm = shm_objects_of(killed.pid());
     assert_eq!(shm.len(), 1);
@@ -459,22 +503,17 @@ fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
     assert_eq!(shm_objects_of(killed.pid()), shm, "left in /dev/shm");
     assert!(queues.iter().all(|q| queue_exists(q)), "queues left behind");
 
-    let next = Server::start(SERVER, &[]);
+    let next = Stopping(Server::start(SERVER, &[]));
     drop(lock);
     assert_eq!(shm_objects_of(killed.pid()), Vec::<String>::new());
     for queue in &queues {
         assert!(!queue_exists(queue), "{queue} was not cleaned up");
     }
-    let stderr = next.stderr();
-    assert!(
-        stderr.contains(&format!("removed stale shared memory /{}", shm[0])),
-        "{stderr}"
-    );
+    let removed = format!("removed stale shared memory /{}", shm[0]);
+    assert!(narrated(&next, &removed), "{}", next.stderr());
     for queue in &queues {
-        assert!(
-            stderr.contains(&format!("removed stale message queue {queue}")),
-            "{stderr}"
-        );
+        let removed = format!("removed stale message queue {queue}");
+        assert!(narrated(&next, &removed), "{}", next.stderr());
     }
     // The new server has its own, fresh counter.
     let mut c = next.greeted();
@@ -516,7 +555,7 @@ fn two_servers_side_by_side_share_nothing() {
     assert!(got_no_message(&mut b2));
 
     assert_ne!(shm_objects_of(one.pid()), shm_objects_of(two.pid()));
-    assert!(narrated_queues(&one).is_disjoint(&narrated_queues(&two)));
+    assert!(narrated_queues(&one, 2).is_disjoint(&narrated_queues(&two, 2)));
 }
 
 #[test]

@@ -127,12 +127,6 @@ fn main() {
         common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
 
-    // socket() + bind() + listen(backlog).
-    let listener = common::listener::listen(&args.server);
-    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below. We
-    // watch only the listener: the client sockets are in the room, and `wake_all` wakes them.
-    let listener_watch = signals::wake_on_shutdown(&listener);
-
     let server = Arc::new(Server {
         counter: AtomicU64::new(0),
         room: Room::default(),
@@ -140,13 +134,20 @@ fn main() {
         idle_timeout: args.server.idle_timeout,
     });
     let max_clients = args.max_clients as usize;
-    let mut next_id: u64 = 1;
-    // Thread per client: the handles of the client threads, to count and, at the end, join them.
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    // --pool N: the workers, made now, before any client.
+    // --pool N: the workers, made now, before we even listen.
     let pool = args
         .pool
         .map(|size| start_pool(size as usize, max_clients, &server));
+
+    // socket() + bind() + listen(backlog).
+    let listener = common::listener::listen(&args.server);
+    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below. We
+    // watch only the listener: the client sockets are in the room, and `wake_all` wakes them.
+    let listener_watch = signals::wake_on_shutdown(&listener);
+
+    let mut next_id: u64 = 1;
+    // Thread per client: the handles of the client threads, to count and, at the end, join them.
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
 
     loop {
         // Block until a client is in the accept queue, and take the oldest one.

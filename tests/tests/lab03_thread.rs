@@ -1,0 +1,517 @@
+//! lab03: the thread server (다중 접속, 쓰레드 방식) serves each client in its own thread of one
+//! process; the threads share the `INCR` counter and the chat room that `SAY` goes through.
+//!
+//! Grade this lab alone with `cargo test -p tests --test lab03_thread`.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+
+const SERVER: &str = "thread-server";
+
+/// How long we wait for the server to reach an observable state (threads gone, fds closed).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The client id the server gave `client` (from `WHO`).
+fn id_of(client: &mut Client) -> u64 {
+    let who = client.request("WHO");
+    who.rsplit("client=")
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no client id in {who:?}"))
+}
+
+/// True if `client` receives nothing for `quiet` (it is still waiting to be served).
+fn still_waiting(client: &mut Client, quiet: Duration) -> bool {
+    client.set_timeout(quiet);
+    let got = client.read_line();
+    client.set_timeout(tests::READ_TIMEOUT);
+    match got {
+        Err(e)
+            if e.contains("timed out")
+                || e.contains("would block")
+                || e.contains("temporarily unavailable") =>
+        {
+            true
+        }
+        Err(e) => panic!("unexpected error while checking the client waits: {e}"),
+        Ok(line) => {
+            eprintln!("a waiting client received {line:?}");
+            false
+        }
+    }
+}
+
+/// True once the server's stderr (read by another thread of the harness) contains `text`.
+fn narrated(server: &Server, text: &str) -> bool {
+    wait_until(Duration::from_secs(5), || server.stderr().contains(text))
+}
+
+fn thread_count(server: &Server) -> usize {
+    procfs::threads(server.pid()).len()
+}
+
+#[test]
+fn three_clients_are_served_at_once_by_one_process_and_three_threads() {
+    let server = Server::start(SERVER, &[]);
+    // All three are greeted while none has left: they are served at the same time.
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    let tasks = procfs::threads(server.pid());
+    let mut tids = HashSet::new();
+    for client in &mut clients {
+        let hello = client.hello.clone().unwrap();
+        assert_eq!(hello.model, "thread");
+        assert_eq!(hello.pid, server.pid(), "one process serves everyone");
+        assert_ne!(
+            hello.tid,
+            server.pid(),
+            "served by a thread, not the main one"
+        );
+        assert!(
+            tasks.contains(&hello.tid),
+            "tid {} is in /proc/{}/task: {tasks:?}",
+            hello.tid,
+            server.pid()
+        );
+        let who = tests::parse_served(&client.request("WHO")).unwrap();
+        assert_eq!(who, hello, "WHO is answered by the same thread");
+        tids.insert(hello.tid);
+    }
+    assert_eq!(tids.len(), 3, "three distinct threads: {tids:?}");
+    // They are still all being served: each answers in turn, in any order.
+    for (i, client) in clients.iter_mut().enumerate().rev() {
+        assert_eq!(client.request(&format!("ECHO {i}")), format!("OK {i}"));
+    }
+}
+
+#[test]
+fn incr_is_shared_by_every_thread() {
+    let server = Server::start(SERVER, &[]);
+    let mut clients: Vec<Client> = (0..4).map(|_| server.greeted()).collect();
+    for client in &mut clients {
+        client.send("INCR");
+    }
+    let mut values: Vec<u64> = clients
+        .iter_mut()
+        .map(|c| {
+            let reply = c.read_reply().unwrap();
+            reply
+                .strip_prefix("OK ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{reply:?}"))
+        })
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, [1, 2, 3, 4], "one counter, shared, in some order");
+
+    // Many INCRs at the same time from four threads: no value is lost or handed out twice.
+    let per_client = 250;
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            thread::spawn(move || {
+                // Pipelined: every request is in flight before we read a reply.
+                let requests = "INCR\n".repeat(per_client);
+                client.send_raw(requests.as_bytes());
+                (0..per_client)
+                    .map(|_| {
+                        let reply = client.read_reply().unwrap();
+                        reply[3..].parse::<u64>().unwrap()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let expected: Vec<u64> = (5..5 + 4 * per_client as u64).collect();
+    assert_eq!(all, expected, "every value from 5 to 1,004 exactly once");
+}
+
+#[test]
+fn say_reaches_the_two_others_and_not_the_sender() {
+    let server = Server::start(SERVER, &[]);
+    let mut alice = server.greeted();
+    let mut bob = server.greeted();
+    let mut carol = server.greeted();
+    let alice_id = id_of(&mut alice);
+    assert_eq!(alice.request("SAY hello, room"), "OK");
+    let expected = format!("MSG {alice_id} hello, room");
+    assert_eq!(bob.next_message().as_deref(), Ok(expected.as_str()));
+    assert_eq!(carol.next_message().as_deref(), Ok(expected.as_str()));
+    // Bob answers; everything Alice receives before her next reply is kept aside by the harness.
+    let bob_id = id_of(&mut bob);
+    assert_eq!(bob.request("say hi alice"), "OK");
+    assert_eq!(
+        alice.next_message(),
+        Ok(format!("MSG {bob_id} hi alice")),
+        "the sender's own SAY never came back to her"
+    );
+    assert_eq!(alice.request("ECHO done"), "OK done");
+    assert!(alice.messages.is_empty(), "{:?}", alice.messages);
+    assert_eq!(bob.request("ECHO done"), "OK done");
+    assert!(
+        bob.messages.is_empty(),
+        "not to the sender: {:?}",
+        bob.messages
+    );
+    assert_eq!(carol.next_message(), Ok(format!("MSG {bob_id} hi alice")));
+}
+
+#[test]
+fn a_panic_ends_one_thread_and_the_others_go_on_sharing() {
+    let server = Server::start(SERVER, &["--allow-panic"]);
+    let mut alice = server.greeted();
+    let mut bob = server.greeted();
+    let mut doomed = server.greeted();
+    assert_eq!(alice.request("INCR"), "OK 1");
+    assert_eq!(doomed.request("INCR"), "OK 2");
+    let before = thread_count(&server);
+
+    doomed.send("PANIC");
+    assert!(doomed.closes(), "the panicked client's socket is closed");
+    assert!(
+        wait_until(SETTLE, || thread_count(&server) == before - 2),
+        "its thread (and its writer) ended: {} threads, {before} before",
+        thread_count(&server)
+    );
+    assert!(tests::procfs::alive(server.pid()));
+    assert!(
+        narrated(&server, "panicked"),
+        "stderr:\n{}",
+        server.stderr()
+    );
+
+    // The others are still served, still share the counter, and the chat room still works
+    // (the panicked client has left it: only Bob hears Alice).
+    assert_eq!(bob.request("INCR"), "OK 3");
+    assert_eq!(alice.request("INCR"), "OK 4");
+    let alice_id = id_of(&mut alice);
+    assert_eq!(alice.request("SAY still here"), "OK");
+    assert_eq!(bob.next_message(), Ok(format!("MSG {alice_id} still here")));
+    let mut newcomer = server.greeted();
+    assert_eq!(newcomer.request("INCR"), "OK 5");
+}
+
+#[test]
+fn after_200_connections_threads_and_descriptors_are_back_to_baseline() {
+    let server = Server::start(SERVER, &[]);
+    let base_threads = thread_count(&server);
+    let base_fds = procfs::fd_count(server.pid());
+    assert_eq!(base_threads, 1, "only the main thread before any client");
+    for round in 0..10 {
+        // Twenty at a time, ending in different ways: QUIT, a plain close, a reset.
+        let mut clients: Vec<Client> = (0..20).map(|_| server.greeted()).collect();
+        for (i, mut client) in clients.drain(..).enumerate() {
+            assert_eq!(client.request("ECHO x"), "OK x", "round {round}");
+            match i % 3 {
+                0 => assert_eq!(client.request("QUIT"), "OK bye"),
+                1 => drop(client),
+                _ => client.reset(),
+            }
+        }
+    }
+    let settled = wait_until(SETTLE, || {
+        thread_count(&server) == base_threads && procfs::fd_count(server.pid()) == base_fds
+    });
+    assert!(
+        settled,
+        "threads {} (baseline {base_threads}), fds {} (baseline {base_fds})",
+        thread_count(&server),
+        procfs::fd_count(server.pid())
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stop_say_reaching_the_others() {
+    let server = Server::start(SERVER, &[]);
+    let mut sender = server.greeted();
+    let mut sleepy = server.greeted();
+    let sleepy_id = id_of(&mut sleepy); // and then it never reads again
+    let mut reader = server.greeted();
+    let sender_id = id_of(&mut sender);
+
+    // Flood: 4 KB lines, until the server gives up on the sleepy client. Each SAY must be
+    // answered, and reach the reading client, within the 10 s read timeout: nobody waits for
+    // the sleepy one. (The reader keeps pace with the sender, as a chat client that reads as
+    // lines arrive does; one that fell far behind would be cut off too.)
+    let text = "z".repeat(4000);
+    let cut_off = format!("client {sleepy_id} has");
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !server.stderr().contains(&cut_off) {
+        assert!(
+            sent < 20_000,
+            "sent {sent} SAYs and the sleepy client was never cut off"
+        );
+        assert_eq!(sender.request(&format!("SAY {sent} {text}")), "OK");
+        assert_eq!(
+            reader.next_message(),
+            Ok(format!("MSG {sender_id} {sent} {text}")),
+            "SAY number {sent} reached the reading client"
+        );
+        sent += 1;
+    }
+    eprintln!(
+        "the sleepy client was cut off after {sent} SAYs ({} ms)",
+        started.elapsed().as_millis()
+    );
+    assert!(sent > 32, "only after its outbox filled up");
+    assert_eq!(sender.request("SAY after"), "OK");
+    assert_eq!(reader.next_message(), Ok(format!("MSG {sender_id} after")));
+    // What the sleepy client experiences: whatever was already on its way, then the close.
+    assert!(sleepy.closes(), "the server disconnected the sleepy client");
+}
+
+#[test]
+fn a_pool_of_two_serves_two_while_the_third_waits_its_turn() {
+    let server = Server::start(SERVER, &["--pool", "2"]);
+    assert_eq!(
+        thread_count(&server),
+        3,
+        "the main thread and two workers, before any client"
+    );
+    let mut first = server.greeted();
+    let mut second = server.greeted();
+    let first_tid = first.hello.as_ref().unwrap().tid;
+    assert_ne!(first_tid, second.hello.as_ref().unwrap().tid);
+    let mut third = server.connect();
+    assert_eq!(second.request("ECHO busy"), "OK busy");
+    assert!(
+        still_waiting(&mut third, Duration::from_millis(500)),
+        "the third client was greeted while two workers were busy"
+    );
+    assert_eq!(first.request("INCR"), "OK 1");
+
+    assert_eq!(first.request("QUIT"), "OK bye");
+    let hello = third.read_hello();
+    assert_eq!(
+        hello.tid, first_tid,
+        "the freed worker took the third client"
+    );
+    assert_eq!(third.request("INCR"), "OK 2", "the counter is shared");
+    assert_eq!(
+        second.request("ECHO still served"),
+        "OK still served",
+        "two at once again"
+    );
+}
+
+#[test]
+fn a_pool_worker_survives_the_panic_of_its_client() {
+    let server = Server::start(SERVER, &["--pool", "1", "--allow-panic"]);
+    let mut doomed = server.greeted();
+    let worker = doomed.hello.as_ref().unwrap().tid;
+    let mut next = server.connect();
+    doomed.send("PANIC");
+    assert!(doomed.closes());
+    assert_eq!(
+        next.read_hello().tid,
+        worker,
+        "the same worker serves the next client"
+    );
+    assert_eq!(next.request("ECHO alive"), "OK alive");
+    assert!(procfs::threads(server.pid()).contains(&worker));
+}
+
+#[test]
+fn max_clients_refuses_the_next_one_politely() {
+    let server = Server::start(SERVER, &["--max-clients", "2"]);
+    let mut first = server.greeted();
+    let _second = server.greeted();
+    let mut third = server.connect();
+    assert_eq!(third.read_line().as_deref(), Ok("ERR server full"));
+    assert!(third.closes());
+    assert!(narrated(&server, "refused client 3"), "{}", server.stderr());
+
+    // Once one leaves (and its thread has ended), there is room again.
+    assert_eq!(first.request("QUIT"), "OK bye");
+    assert!(wait_until(SETTLE, || thread_count(&server) == 1 + 2));
+    let mut fourth = server.greeted();
+    assert_eq!(fourth.request("ECHO in"), "OK in");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero_promptly_with_clients_connected() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut server = Server::start(SERVER, &[]);
+        let mut idle: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+        let mut sleeper = server.greeted();
+        assert_eq!(idle[0].request("SAY before the end"), "OK");
+        assert!(sleeper.next_message().is_ok());
+        sleeper.send("SLEEP 10000");
+        // Wait until its thread is in the SLEEP, where the kernel shows it (wchan); if this
+        // kernel does not tell, go on: the SLEEP is then at worst about to start.
+        let tid = sleeper.hello.as_ref().unwrap().tid;
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/wchan", server.pid()))
+                .is_ok_and(|w| w.contains("nanosleep"))
+        });
+        let asked = Instant::now();
+        let status = server.stop_with(signal, Duration::from_secs(10));
+        let took = asked.elapsed();
+        assert_eq!(status.code(), Some(0), "{signal}: {status}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{signal}: took {took:?} with a 10 s SLEEP in progress"
+        );
+        for client in &mut idle {
+            assert_eq!(client.read_reply().as_deref(), Ok("BYE"), "{signal}");
+            assert!(client.closes());
+        }
+        assert_eq!(
+            sleeper.read_reply().as_deref(),
+            Ok("OK slept 10000"),
+            "{signal}: the SLEEP was cut short"
+        );
+        assert_eq!(sleeper.read_reply().as_deref(), Ok("BYE"), "{signal}");
+        assert!(sleeper.closes(), "{signal}: the sleeper was closed too");
+        assert!(narrated(&server, "woke 4 client(s)"), "{signal}");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_pool_gracefully() {
+    let mut server = Server::start(SERVER, &["--pool", "1"]);
+    let mut served = server.greeted();
+    let mut waiting = server.connect();
+    assert_eq!(served.request("ECHO hi"), "OK hi");
+    assert!(still_waiting(&mut waiting, Duration::from_millis(300)));
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(served.read_line().as_deref(), Ok("BYE"));
+    assert!(served.closes());
+    assert_eq!(
+        waiting.read_line().as_deref(),
+        Ok("BYE"),
+        "the waiting client is told too, never greeted"
+    );
+    assert!(waiting.closes());
+    assert!(
+        narrated(&server, "every thread has finished"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn help_documents_the_lab_flags() {
+    let mut command = Command::new(binary(SERVER));
+    command.arg("--help");
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    assert!(status.success());
+    for flag in [
+        "--pool",
+        "--max-clients",
+        "--allow-panic",
+        "--demo",
+        "[default: 7003]",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+    }
+    let mut bad = Command::new(binary(SERVER));
+    bad.args(["--pool", "0"]);
+    let (status, _, stderr) = run_with_timeout(bad, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn the_demo_shows_one_pid_and_a_thread_per_client() {
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--demo", "3"]);
+    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("server stopped with SIGTERM: exit status: 0"),
+        "{stdout}"
+    );
+    let greetings: Vec<tests::Served> = stdout
+        .lines()
+        .filter_map(|l| tests::parse_served(l.split("<- ").nth(1)?.split("   (").next()?))
+        .filter(|s| s.model == "thread")
+        .collect();
+    let hellos: Vec<&str> = stdout.lines().filter(|l| l.contains("<- HELLO")).collect();
+    assert_eq!(hellos.len(), 3, "{stdout}");
+    let pids: HashSet<i32> = greetings.iter().map(|s| s.pid).collect();
+    let tids: HashSet<i32> = greetings.iter().map(|s| s.tid).collect();
+    assert_eq!(pids.len(), 1, "one process: {stdout}");
+    assert_eq!(tids.len(), 3, "a thread per client: {stdout}");
+    // Nobody waits for the clients ahead (each holds the server for over 1.3 s in lab01).
+    let waits: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split("(waited ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        waits.iter().all(|&w| w < 1_000),
+        "waits {waits:?}:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("(a broadcast)"),
+        "SAY reached others:\n{stdout}"
+    );
+    let mut counts: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("<- OK ").nth(1))
+        .filter(|n| n.len() == 1)
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, ["1", "2", "3"], "INCR shared:\n{stdout}");
+}
+
+#[test]
+fn the_client_prints_msg_lines_while_the_user_is_still_typing() {
+    let server = Server::start(SERVER, &[]);
+    let mut child = Command::new(binary("thread-client"))
+        .args(["--port", &server.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the client");
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(tests::READ_TIMEOUT)
+            .expect("a line from the client")
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ECHO ready\n").unwrap();
+    assert!(next().starts_with("HELLO thread pid="));
+    assert_eq!(next(), "OK ready");
+
+    // The "user" has typed nothing more; a message from another client shows up anyway.
+    let mut other = server.greeted();
+    let other_id = id_of(&mut other);
+    assert_eq!(other.request("SAY are you there?"), "OK");
+    assert_eq!(next(), format!("MSG {other_id} are you there?"));
+
+    drop(stdin); // end of input: the client says QUIT and ends
+    assert_eq!(next(), "OK bye");
+    assert!(
+        wait_until(SETTLE, || child.try_wait().unwrap().is_some()),
+        "the client ended"
+    );
+    assert!(child.wait().unwrap().success());
+}

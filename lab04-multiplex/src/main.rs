@@ -45,6 +45,7 @@ use common::framing::{Frame, LineFramer};
 use common::protocol::{self, Request};
 use common::session::{self, Client, Next, Shared};
 use common::{narrate, signals, Model};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use readiness::{Interest, Readiness, Ready};
 
@@ -68,6 +69,12 @@ struct Args {
     /// Narrate every wake-up of the event loop (how many descriptors were ready, and which).
     #[arg(long)]
     trace: bool,
+
+    /// Set each client socket's kernel send buffer (SO_SNDBUF) to BYTES instead of letting
+    /// Linux size it (up to megabytes): makes partial writes easy to see with a client that
+    /// reads slowly.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    send_buffer: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,6 +188,7 @@ struct Server {
     allow_panic: bool,
     trace: bool,
     idle_timeout: Option<Duration>,
+    send_buffer: Option<usize>,
     /// One read buffer for all clients.
     chunk: Vec<u8>,
     /// Clients with new output to write (or new interest to register) after the current event.
@@ -256,6 +264,7 @@ fn main() {
         allow_panic: args.server.allow_panic,
         trace: args.trace,
         idle_timeout: args.server.idle_timeout.map(Duration::from_secs),
+        send_buffer: args.send_buffer.map(|b| b as usize),
         chunk: vec![0; CHUNK],
         touched: Vec::new(),
         spare: File::open("/dev/null").ok(),
@@ -381,6 +390,12 @@ impl Server {
         if let Err(e) = stream.set_nonblocking(true) {
             narrate!("cannot make the socket of {peer} non-blocking: {e}; closing it");
             return;
+        }
+        if let Some(bytes) = self.send_buffer {
+            // setsockopt(SO_SNDBUF): the kernel doubles the value for its bookkeeping.
+            if let Err(e) = setsockopt(&stream, sockopt::SndBuf, &bytes) {
+                narrate!("cannot set the send buffer of {peer}: {e}");
+            }
         }
         let watching = Interest {
             read: true,

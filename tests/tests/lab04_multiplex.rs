@@ -6,13 +6,14 @@
 //!
 //! Grade this lab alone with `cargo test -p tests --test lab04_multiplex`.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use socket2::{Domain, Socket, Type};
 use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
 
 const SERVER: &str = "multiplex-server";
@@ -85,6 +86,77 @@ fn pipelined_requests_are_answered_in_order(args: &[&str]) {
         .starts_with("ERR unknown command"));
     assert_eq!(client.read_reply().unwrap(), "OK bye");
     assert!(client.closes(), "closed after QUIT, the rest ignored");
+}
+
+/// Thousands of requests, far more than one `read` takes, all answered in order while the
+/// client keeps sending. Edge-triggered, this fails if the server does not read until
+/// WouldBlock (the rest would never be announced again); any API, if a partial write is not
+/// finished when the socket becomes writable again.
+fn a_big_pipeline_is_answered_completely(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut client = server.greeted();
+    let writer = client.stream().try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    const LINES: usize = 4000;
+    let sending = thread::spawn(move || {
+        let padding = "p".repeat(90);
+        let batch: String = (0..LINES)
+            .map(|i| format!("ECHO {i} {padding}\n"))
+            .collect();
+        (&writer).write_all(batch.as_bytes()) // ~400 KB in one write
+    });
+    for i in 0..LINES {
+        let reply = client
+            .read_reply()
+            .unwrap_or_else(|e| panic!("reply {i} of {LINES}: {e}"));
+        assert!(reply.starts_with(&format!("OK {i} ")), "{reply}");
+    }
+    sending.join().unwrap().expect("the whole batch was sent");
+    assert_eq!(client.request("INCR"), "OK 1");
+}
+
+/// What the kernel does not take now is kept and written when the socket is writable again.
+/// `--send-buffer 4096` (and a small receive buffer here) keep the kernel's share small; the listener reads nothing until 200 KB
+/// of `MSG`s (under the output cap) are waiting for it, and it sends nothing that would wake the
+/// server for it: only its socket becoming writable can bring the rest.
+fn partial_writes_are_finished_when_the_socket_is_writable(args: &[&str]) {
+    let mut small = args.to_vec();
+    small.extend(["--send-buffer", "4096"]);
+    let server = Server::start(SERVER, &small);
+    let mut speaker = server.greeted();
+    // The listener: a socket with a small receive buffer (set before connect, so the TCP window
+    // is small from the start), so that little of the 200 KB fits in the kernel.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(tests::READ_TIMEOUT)).unwrap();
+    let mut listener = BufReader::new(stream);
+    let mut line = String::new();
+    listener.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HELLO "), "{line}");
+    let speaker_id = client_id(&mut speaker);
+    let text = "m".repeat(1000);
+    const SAYS: usize = 200;
+    speaker.send_raw(format!("SAY {text}\n").repeat(SAYS).as_bytes());
+    for _ in 0..SAYS {
+        assert_eq!(speaker.read_reply().unwrap(), "OK");
+    }
+    for i in 0..SAYS {
+        line.clear();
+        listener
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("MSG {i} of {SAYS}: {e}"));
+        assert_eq!(line, format!("MSG {speaker_id} {text}\n"));
+    }
+    (&*listener.get_ref())
+        .write_all(b"ECHO all there\n")
+        .unwrap();
+    line.clear();
+    listener.read_line(&mut line).unwrap();
+    assert_eq!(line, "OK all there\n");
 }
 
 /// A request that trickles in one byte at a time is answered once its `\n` arrives, and the
@@ -250,6 +322,14 @@ macro_rules! api_tests {
             #[test]
             fn pipelined_requests_are_answered_in_order() {
                 super::pipelined_requests_are_answered_in_order(ARGS);
+            }
+            #[test]
+            fn a_big_pipeline_is_answered_completely() {
+                super::a_big_pipeline_is_answered_completely(ARGS);
+            }
+            #[test]
+            fn partial_writes_are_finished_when_the_socket_is_writable() {
+                super::partial_writes_are_finished_when_the_socket_is_writable(ARGS);
             }
             #[test]
             fn a_request_sent_one_byte_at_a_time_is_answered() {

@@ -202,12 +202,12 @@ impl Plan {
                 vec![1, 10, 100, 1000]
             }
         });
-        if levels.iter().any(|&c| c == 0) {
+        if levels.contains(&0) {
             bail!("--concurrency levels must be at least 1");
         }
         let duration = args.duration.unwrap_or(if quick { 0.5 } else { 3.0 });
         let stall = args.stall.unwrap_or(if quick { 0.3 } else { 1.0 });
-        if !(duration > 0.0 && duration <= 3600.0) || !(stall > 0.0 && stall <= 60.0) {
+        if !(duration > 0.0 && duration <= 3600.0 && stall > 0.0 && stall <= 60.0) {
             bail!("--duration must be in (0, 3600] seconds and --stall in (0, 60]");
         }
         Ok(Plan {
@@ -261,8 +261,7 @@ fn main() {
 fn run(args: RunArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let plan = Plan::from(args)?;
-    let mut results = Results::default();
-    results.meta = report::Meta {
+    let meta = report::Meta {
         command: command.replace(&std::env::args().next().unwrap_or_default(), "bench"),
         date: shell(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -278,6 +277,10 @@ fn run(args: RunArgs) -> Result<()> {
         size: plan.size,
         duration_s: plan.duration.as_secs_f64(),
         notes: Vec::new(),
+    };
+    let mut results = Results {
+        meta,
+        ..Results::default()
     };
     let needed = plan.levels.iter().max().copied().unwrap_or(1).max(
         if plan.workloads.contains(&Workload::C10k) {

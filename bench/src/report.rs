@@ -501,7 +501,7 @@ impl Results {
             )
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let panels = body.split_evenly((1, 2));
-        let metrics: [(&str, &dyn Fn(&TimedRow) -> f64); 2] = [
+        let metrics: [Metric; 2] = [
             (unit, &|r: &TimedRow| r.per_second),
             ("p99 latency, µs", &|r: &TimedRow| r.p99_us),
         ];
@@ -556,6 +556,9 @@ impl Results {
         Ok(())
     }
 }
+
+/// A panel of a chart: its title and what it plots of a row.
+type Metric<'a> = (&'a str, &'a dyn Fn(&TimedRow) -> f64);
 
 fn ratio(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.2}×"))

@@ -40,6 +40,18 @@ fn served_by(client: &Client) -> i32 {
     client.hello.as_ref().expect("greeted").pid
 }
 
+/// The sockets a process holds open: the `socket:[inode]` targets in `/proc/<pid>/fd`.
+fn sockets_of(pid: i32) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The server's live (non-zombie) children.
 fn live_children(server: &Server) -> BTreeSet<i32> {
     server
@@ -82,6 +94,23 @@ fn three_clients_are_served_at_once_each_by_its_own_child() {
         pids,
         "the server's children are exactly the serving processes"
     );
+    // fork() copied the listening socket into each child; each child closed its copy, and the
+    // parent closed its copies of the clients' sockets.
+    let parent_sockets = sockets_of(server.pid());
+    assert_eq!(
+        parent_sockets.len(),
+        1,
+        "the parent holds only the listening socket: {parent_sockets:?}"
+    );
+    for &pid in &pids {
+        let child_sockets = sockets_of(pid);
+        assert_eq!(
+            child_sockets.len(),
+            1,
+            "child {pid} holds only its client's socket: {child_sockets:?}"
+        );
+        assert!(child_sockets.is_disjoint(&parent_sockets));
+    }
     assert_eq!(
         procfs::threads(server.pid()).len(),
         1,
@@ -199,9 +228,12 @@ fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
         }
         assert_eq!(last, "BYE", "{signal}: the sleeping client is told");
         for pid in pids {
+            // Gone, not even a zombie. (Or, if the kernel already gave its pid to some
+            // unrelated new process, that one is not in the server's process group.)
             assert!(
-                procfs::stat(pid).is_none(),
-                "{signal}: child {pid} is gone, not even a zombie"
+                !matches!(procfs::stat(pid), Some(s) if s.pgrp == server.pid()),
+                "{signal}: child {pid} is gone: {:?}",
+                procfs::stat(pid)
             );
             assert!(
                 server
@@ -249,6 +281,7 @@ fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked(
         still_waiting(&mut fourth, Duration::from_millis(500)),
         "a fourth client was served by a pool of three"
     );
+    assert_eq!(clients[0].request("INCR"), "OK 1");
     assert_eq!(clients[0].request("QUIT"), "OK bye");
     let freed = served_by(&clients[0]);
     assert_eq!(

@@ -238,6 +238,11 @@ fn serve_one(stream: TcpStream, client: &Client, args: &Args, next: &str) -> i32
     }));
     match outcome {
         Ok(ending) => {
+            let next = if signals::requested() {
+                "stopping"
+            } else {
+                next
+            };
             narrate!("client {} {ending}; {next}", client.id);
             0
         }
@@ -270,6 +275,9 @@ fn prefork_pool(listener: TcpListener, size: u32, args: &Args) {
     let listener_watch = signals::wake_on_shutdown(&listener);
     narrate!(
         "pre-forking {size} workers: the cost of fork() is paid now, once; at most {size} clients are served at once, the others wait in the accept queue"
+    );
+    narrate!(
+        "every worker blocks in accept() on the same socket; the kernel hands each new connection to one of them (Linux wakes just one; kernels that woke them all had the 'thundering herd')"
     );
     let mut children = Children::new();
     let mut empty_slots: Vec<u32> = (1..=size).rev().collect();

@@ -71,11 +71,15 @@ pub fn serve(
     };
     // Blocking reads and writes (poll tells us when a read will not block), but a write that
     // waits for a client that never reads gives up after WRITE_TIMEOUT.
+    // TCP_NODELAY: a MSG line and a reply often leave one right after the other, as two small
+    // writes; without it, Nagle's algorithm holds the second until the client's (delayed, up to
+    // 40 ms) acknowledgement of the first.
     if let Err(e) = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
     {
-        narrate!("cannot set a write timeout on client {}: {e}", client.id);
+        narrate!("cannot set the socket options of client {}: {e}", client.id);
     }
     let queue_name = names::queue_name(server, pid);
     let queue = open_my_queue(board, pid, client.id, &queue_name);

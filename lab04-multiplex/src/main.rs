@@ -352,17 +352,22 @@ impl Server {
                         Some(nix::libc::EMFILE | nix::libc::ENFILE)
                     ) =>
                 {
-                    // Out of descriptors. The client stays queued, so a level-triggered loop
-                    // would be woken for it again at once, forever. Classic way out: close the
-                    // descriptor kept in reserve, accept the client, refuse it, take the
-                    // reserve back.
-                    narrate!("accept() failed: {e}; refusing one queued client with the spare descriptor");
+                    // Out of descriptors (ulimit -n). The client stays queued, so a
+                    // level-triggered loop would be woken for it again at once, forever.
+                    // Classic way out: close the descriptor kept in reserve, accept the client
+                    // with it, refuse it, and take the reserve back. (Linux reports EMFILE
+                    // before it looks at the queue, so the queue may turn out to be empty.)
                     self.spare = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
-                        refuse(stream);
-                    }
+                    let refused = match self.listener.accept() {
+                        Ok((stream, peer)) => {
+                            narrate!("accept() failed: {e}; refused {peer} with ERR server full, using the spare descriptor");
+                            refuse(stream); // and close it, so the spare can be taken back
+                            true
+                        }
+                        Err(_) => false, // nobody queued after all (or no descriptor still)
+                    };
                     self.spare = File::open("/dev/null").ok();
-                    if self.spare.is_none() {
+                    if !refused || self.spare.is_none() {
                         return;
                     }
                 }
@@ -417,7 +422,7 @@ impl Server {
         self.next_id += 1;
         conn.queue(&session::hello(Model::Multiplex));
         narrate!(
-            "accepted client {} from {peer} (fd {fd}); {} clients connected, one thread for all",
+            "accepted client {} from {peer} (fd {fd}); {} connected now, one thread for all",
             conn.id,
             self.clients.len() + 1
         );
@@ -578,11 +583,7 @@ impl Server {
     fn close(&mut self, conn: Conn, why: &str) {
         // Remove it from the readiness API *before* close(): its number may be reused at once.
         let _ = self.api.remove(conn.stream.as_raw_fd());
-        narrate!(
-            "client {} {why}; {} clients remain",
-            conn.id,
-            self.clients.len()
-        );
+        narrate!("client {} {why}; {} remain", conn.id, self.clients.len());
         // `conn.stream` is dropped here: close().
     }
 

@@ -428,6 +428,48 @@ fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
 }
 
 #[test]
+fn out_of_descriptors_the_extra_client_is_refused_and_the_loop_goes_on() {
+    let server = Server::start(SERVER, &[]);
+    // Lower the running server's descriptor limit (ulimit -n) to leave room for 5 clients.
+    let limit = procfs::fd_count(server.pid()) + 5;
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args([
+        format!("--nofile={limit}:{limit}"),
+        format!("--pid={}", server.pid()),
+    ]);
+    let (status, _, stderr) = run_with_timeout(prlimit, Duration::from_secs(10));
+    assert!(status.success(), "prlimit: {stderr}");
+
+    let mut clients: Vec<Client> = (0..10).map(|_| server.connect()).collect();
+    let firsts: Vec<String> = clients
+        .iter_mut()
+        .map(|c| c.read_line().expect("a first line, not silence"))
+        .collect();
+    // About 5 fit (the count above is a snapshot); the rest must be refused, clearly.
+    let greeted = firsts
+        .iter()
+        .take_while(|l| l.starts_with("HELLO "))
+        .count();
+    assert!((3..=7).contains(&greeted), "{firsts:?}");
+    assert!(
+        firsts[greeted..].iter().all(|l| l == "ERR server full"),
+        "past the limit, a clear refusal (accept() failed with EMFILE): {firsts:?}"
+    );
+    for refused in &mut clients[greeted..] {
+        assert!(refused.closes());
+    }
+    assert!(server.stderr().contains("Too many open files"));
+    assert_eq!(clients[greeted - 1].request("ECHO served"), "OK served");
+    let fds_before = procfs::fd_count(server.pid());
+    clients.truncate(greeted - 2); // two leave: their descriptors are free again
+    assert!(wait_until(Duration::from_secs(10), || procfs::fd_count(
+        server.pid()
+    ) <= fds_before - 2));
+    let mut newcomer = server.greeted();
+    assert_eq!(newcomer.request("ECHO in"), "OK in");
+}
+
+#[test]
 fn an_idle_timeout_says_bye_to_the_silent_client_only() {
     let server = Server::start(SERVER, &["--idle-timeout", "1"]);
     let mut silent = server.greeted();

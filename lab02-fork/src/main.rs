@@ -239,7 +239,7 @@ fn serve_one(stream: TcpStream, client: &Client, args: &Args, next: &str) -> i32
     match outcome {
         Ok(ending) => {
             let next = if signals::requested() {
-                "stopping"
+                "this child exits"
             } else {
                 next
             };

@@ -151,9 +151,7 @@ fn partial_writes_are_finished_when_the_socket_is_writable(args: &[&str]) {
             .unwrap_or_else(|e| panic!("MSG {i} of {SAYS}: {e}"));
         assert_eq!(line, format!("MSG {speaker_id} {text}\n"));
     }
-    (&*listener.get_ref())
-        .write_all(b"ECHO all there\n")
-        .unwrap();
+    listener.get_ref().write_all(b"ECHO all there\n").unwrap();
     line.clear();
     listener.read_line(&mut line).unwrap();
     assert_eq!(line, "OK all there\n");

@@ -500,7 +500,26 @@ impl Results {
                 ("sans-serif", 20),
             )
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let panels = body.split_evenly((1, 2));
+        // Two panels, and a legend strip on the right that names every line once.
+        let (plots, legend) = body.split_horizontally(1120);
+        let panels = plots.split_evenly((1, 2));
+        for (i, target) in targets.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let y = 90 + 24 * i as i32;
+            legend
+                .draw(&PathElement::new(
+                    vec![(5, y), (35, y)],
+                    color.stroke_width(3),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            legend
+                .draw(&Text::new(
+                    target.to_string(),
+                    (42, y - 7),
+                    ("sans-serif", 15),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
         let metrics: [Metric; 2] = [
             (unit, &|r: &TimedRow| r.per_second),
             ("p99 latency, µs", &|r: &TimedRow| r.p99_us),
@@ -521,6 +540,8 @@ impl Results {
                 .configure_mesh()
                 .x_desc("concurrent connections (log)")
                 .y_desc(format!("{name} (log)"))
+                .x_labels(12)
+                .y_labels(12)
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
@@ -535,22 +556,11 @@ impl Results {
                     .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .label(*target)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 chart
                     .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                     .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         }
         root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(())

@@ -324,13 +324,19 @@ fn prefork_pool(listener: TcpListener, size: u32, args: &Args) {
 
 /// A worker of the pre-forked pool: accept a client, serve it, accept the next, until stopped.
 fn worker_serves_clients(listener: &TcpListener, slot: u32, size: u32, args: &Args) -> ! {
+    let parent = getppid();
     fork::in_child();
+    // If the parent dies without stopping us (`kill -9`), nobody would ever stop this pool: ask
+    // the kernel (Linux's prctl) to send us SIGTERM then. And if it died before we asked, stop.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if getppid() != parent {
+        std::process::exit(0);
+    }
     // Not watched here: our handler's shutdown() would shut the listening socket of the whole
     // pool. A SIGTERM interrupts our accept() (EINTR) instead.
     signals::forget_watched();
     narrate!(
-        "pool worker {slot}, child of {}: blocking in accept() on the listening socket all workers share",
-        getppid()
+        "pool worker {slot}, child of {parent}: blocking in accept() on the listening socket all workers share"
     );
     let mut served: u64 = 0;
     loop {

@@ -500,11 +500,13 @@ impl Server {
         };
         let sleep = sleep_requested(&frame);
         if let Some(ms) = sleep {
+            let others = match self.clients.len() {
+                0 => "anyone who connects now waits in the accept queue".to_string(),
+                n => format!("the {n} other client(s) wait too, and so does anyone still queued"),
+            };
             narrate!(
-                "client {} asked for SLEEP {ms}: the whole loop waits, and with it every one of \
-                 the {} other clients",
-                conn.id,
-                self.clients.len()
+                "client {} asked for SLEEP {ms}: the whole loop waits; {others}",
+                conn.id
             );
         }
         let mut everyone = Everyone {

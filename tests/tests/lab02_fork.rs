@@ -258,6 +258,36 @@ fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
 }
 
 #[test]
+fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let mut server = Server::start(SERVER, &[]);
+    let client = server.greeted();
+    let pid = served_by(&client);
+    // Freeze the child: a stopped process cannot run its SIGTERM handler (the signal waits,
+    // pending), but SIGKILL still ends it. It stands for a child stuck for any reason.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || procfs::stat(pid)
+            .is_some_and(|s| s.state == 'T')),
+        "the child is stopped"
+    );
+
+    let started = Instant::now();
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let stderr = server.stderr();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the child had its grace period first:\n{stderr}"
+    );
+    assert!(stderr.contains("sent SIGKILL"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("reaped child {pid} (killed by SIGKILL)")),
+        "{stderr}"
+    );
+    assert!(!matches!(procfs::stat(pid), Some(s) if s.pgrp == server.pid()));
+}
+
+#[test]
 fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked() {
     let server = Server::start(SERVER, &["--prefork", "3", "--allow-panic"]);
     assert!(

@@ -138,6 +138,11 @@ struct RunArgs {
     /// --quick: 0.3].
     #[arg(long)]
     stall: Option<f64>,
+
+    /// Run each echo and connect point N times and keep the run of median throughput (a shared
+    /// machine is noisy).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
+    repeat: u32,
 }
 
 /// The run's settings, with the presets applied.
@@ -152,6 +157,7 @@ struct Plan {
     c10k_connections: usize,
     c10k_targets: Vec<String>,
     backlog: u32,
+    repeat: u32,
     out: PathBuf,
     bin_dir: Option<PathBuf>,
 }
@@ -221,6 +227,7 @@ impl Plan {
             c10k_connections: args.c10k_connections,
             c10k_targets: args.c10k_targets,
             backlog: args.backlog,
+            repeat: args.repeat,
             out: args.out.unwrap_or_else(|| {
                 targets::workspace_root()
                     .join("target")
@@ -289,6 +296,7 @@ fn run(args: RunArgs) -> Result<()> {
             0
         },
     );
+    let load_before = loadavg();
     let note = raise_fd_limit(needed);
     eprintln!("{note}");
     results.meta.notes.push(note);
@@ -355,6 +363,10 @@ fn run(args: RunArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    results.meta.notes.push(format!(
+        "load average (1, 5, 15 min) before the run: {load_before}; after: {} (other work on the machine skews the figures)",
+        loadavg()
+    ));
     results.compute_ratios();
     print!("{}", results.markdown());
     let written = results.write(&plan.out)?;
@@ -407,31 +419,8 @@ fn measure(
         }
     };
 
-    for workload in [Workload::Echo, Workload::Connect] {
-        if !plan.workloads.contains(&workload) {
-            continue;
-        }
-        let word = if workload == Workload::Echo {
-            "echo"
-        } else {
-            "connect"
-        };
-        for &c in &plan.levels {
-            bar.set_message(format!("{name}: {word} C={c}"));
-            let timed = runtime.block_on(async {
-                match workload {
-                    Workload::Echo => {
-                        load::echo(server.addr, pid, c, plan.size, plan.duration, plan.stall).await
-                    }
-                    _ => load::connect(server.addr, pid, c, plan.size, plan.duration).await,
-                }
-            });
-            results.timed.push(timed_row(&name, word, c, &timed));
-            bar.inc(1);
-            server.check_alive()?;
-            back(&format!("{word} C={c}"), &mut notes);
-        }
-    }
+    // Idle first, while the server is fresh: its memory per connection is then not blurred by
+    // what earlier workloads left allocated.
     if plan.workloads.contains(&Workload::Idle) {
         for &c in &plan.levels {
             bar.set_message(format!("{name}: idle C={c}"));
@@ -454,6 +443,44 @@ fn measure(
             bar.inc(1);
             server.check_alive()?;
             back(&format!("idle C={c}"), &mut notes);
+        }
+    }
+    for workload in [Workload::Echo, Workload::Connect] {
+        if !plan.workloads.contains(&workload) {
+            continue;
+        }
+        let word = if workload == Workload::Echo {
+            "echo"
+        } else {
+            "connect"
+        };
+        for &c in &plan.levels {
+            bar.set_message(format!("{name}: {word} C={c}"));
+            // On a shared machine one run can be hit by someone else's build: with --repeat N,
+            // run N times and keep the run of median throughput (all its figures together).
+            let mut runs = Vec::new();
+            for round in 0..plan.repeat {
+                if round > 0 {
+                    back(&format!("{word} C={c}"), &mut notes);
+                }
+                let timed = runtime.block_on(async {
+                    match workload {
+                        Workload::Echo => {
+                            load::echo(server.addr, pid, c, plan.size, plan.duration, plan.stall)
+                                .await
+                        }
+                        _ => load::connect(server.addr, pid, c, plan.size, plan.duration).await,
+                    }
+                });
+                runs.push(timed_row(&name, word, c, &timed));
+                server.check_alive()?;
+            }
+            runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+            let mut row = runs.swap_remove(runs.len() / 2);
+            row.runs = plan.repeat;
+            results.timed.push(row);
+            bar.inc(1);
+            back(&format!("{word} C={c}"), &mut notes);
         }
     }
     if plan.runs_c10k(target) {
@@ -541,6 +568,7 @@ fn timed_row(target: &str, workload: &str, c: usize, t: &load::Timed) -> TimedRo
         first_error: t.first_error.clone(),
         vs_tokio_ct: None,
         vs_tokio_mt: None,
+        runs: 1,
     }
 }
 
@@ -609,6 +637,13 @@ fn raise_fd_limit(needed: usize) -> String {
         ));
     }
     note
+}
+
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The trimmed stdout of a command, or "?".

@@ -46,6 +46,8 @@ pub struct TimedRow {
     pub vs_tokio_ct: Option<f64>,
     /// `per_second` over tokio multi-thread's.
     pub vs_tokio_mt: Option<f64>,
+    /// Runs made of this point (`--repeat`); this row is the one of median throughput.
+    pub runs: u32,
 }
 
 /// What holding `concurrency` idle connections cost a server.

@@ -239,7 +239,13 @@ fn panic_closes_every_connection(args: &[&str]) {
         .wait_exit(Duration::from_secs(10))
         .expect("the server process is gone");
     assert!(!status.success(), "{status}");
-    assert!(server.stderr().contains("panicked"), "{}", server.stderr());
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("panicked")),
+        "{}",
+        server.stderr()
+    );
 }
 
 /// A client that floods requests and never reads its replies is cut off at the output cap; the
@@ -289,8 +295,10 @@ fn a_client_that_never_reads_does_not_stop_the_others(args: &[&str]) {
         sent >> 20
     );
     assert!(
-        server.stderr().contains("does not read its replies"),
-        "{}",
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("does not read its replies")),
+        "the cut-off is narrated:\n{}",
         server.stderr()
     );
     assert_eq!(other.request("ECHO still here"), "OK still here");
@@ -401,7 +409,12 @@ fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
         firsts[..greeted].iter().all(|l| l.starts_with("HELLO ")),
         "the refused ones are the last to connect"
     );
-    assert!(server.stderr().contains("FD_SETSIZE"), "narrated");
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr()
+            .contains("FD_SETSIZE")),
+        "narrated"
+    );
     for refused_client in &mut clients[greeted..] {
         assert!(refused_client.closes(), "a refused client is closed");
     }
@@ -456,7 +469,9 @@ fn out_of_descriptors_the_extra_client_is_refused_and_the_loop_goes_on() {
     for refused in &mut clients[greeted..] {
         assert!(refused.closes());
     }
-    assert!(server.stderr().contains("Too many open files"));
+    assert!(wait_until(Duration::from_secs(10), || server
+        .stderr()
+        .contains("Too many open files")));
     assert_eq!(clients[greeted - 1].request("ECHO served"), "OK served");
     let fds_before = procfs::fd_count(server.pid());
     clients.truncate(greeted - 2); // two leave: their descriptors are free again

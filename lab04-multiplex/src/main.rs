@@ -371,8 +371,13 @@ impl Server {
                         return;
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    // The client gave up while it was queued: say so, and take the next one.
+                    narrate!("accept() failed: {e}");
+                }
                 Err(e) => {
-                    // ECONNABORTED (a client gave up while queued) and the like: say so, go on.
+                    // Anything else (ENOBUFS, ENOMEM...): say so, and try again at the next
+                    // wake-up rather than spin here.
                     narrate!("accept() failed: {e}");
                     return;
                 }

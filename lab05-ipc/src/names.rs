@@ -44,13 +44,24 @@ pub fn owner(file_name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&pid| pid > 0)
 }
 
-/// Whether process `pid` exists: `kill(pid, 0)` sends nothing, it only checks. ESRCH means no
-/// such process; EPERM means it exists but belongs to someone else.
+/// Whether process `pid` is running: `kill(pid, 0)` sends nothing, it only checks (ESRCH means
+/// no such process; EPERM means it exists but belongs to someone else). A zombie - dead, waiting
+/// for its parent to collect its status - also passes that check, so we look at its state in
+/// `/proc/<pid>/stat` too: `Z` counts as dead.
 ///
 /// A pid can be reused by an unrelated process after its server died; then we wrongly think the
 /// server is alive and leave its objects for a later start. That is the safe way to be wrong.
 pub fn is_alive(pid: u32) -> bool {
-    !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
+    if let Err(Errno::ESRCH) = kill(Pid::from_raw(pid as i32), None) {
+        return false;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "4242 (ipc-server) Z ...": the state follows the last ')'.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
+    state != Some("Z")
 }
 
 /// Removes the objects of every server that is gone (see the module docs). `me` is our own pid.
@@ -153,6 +164,15 @@ mod tests {
         assert!(is_alive(1));
         // Above /proc/sys/kernel/pid_max (at most 2^22), so no process has it.
         assert!(!is_alive(4_194_305));
+        // A process that has ended but is not yet collected by its parent (us) is a zombie.
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let pid = ended.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while is_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!is_alive(pid), "a zombie counts as dead");
+        ended.wait().unwrap();
     }
 
     #[test]

@@ -271,10 +271,14 @@ impl Shared for Child<'_> {
             }
         }
         let deadline = Instant::now() + chat::SEND_WAIT;
+        let mut delivered = 0;
         loop {
             // Send to every queue that has room; keep those that are full.
             pending.retain(|(client, queue)| match queue.try_send(message.as_bytes()) {
-                Ok(true) => false,
+                Ok(true) => {
+                    delivered += 1;
+                    false
+                }
                 Ok(false) => true,
                 Err(e) => {
                     narrate!("mq_send to the queue of client {client} failed: {e}");
@@ -322,9 +326,10 @@ impl Shared for Child<'_> {
         missed.sort_unstable();
         let who: Vec<String> = missed.iter().map(u64::to_string).collect();
         Err(format!(
-            "client {} missed it: the queue stayed full for {} ms (the others got it)",
+            "client {} missed it: queue full for {} ms; delivered to {delivered} other client{}",
             who.join(", "),
-            chat::SEND_WAIT.as_millis()
+            chat::SEND_WAIT.as_millis(),
+            if delivered == 1 { "" } else { "s" }
         ))
     }
 }

@@ -364,7 +364,8 @@ fn a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
         }
         // Told who missed it, after waiting (500 ms) for room, not forever.
         assert!(
-            reply.starts_with(&format!("ERR client {sleeper_id} missed it")),
+            reply.starts_with(&format!("ERR client {sleeper_id} missed it"))
+                && reply.ends_with("delivered to 1 other client"),
             "{reply}"
         );
         assert!(
@@ -656,4 +657,22 @@ fn the_demo_shows_separate_pids_sharing_one_counter_and_one_chat() {
         .filter(|l| l.contains("(a broadcast)"))
         .count();
     assert_eq!(broadcasts, 6, "{stdout}");
+}
+
+#[test]
+fn an_idle_timeout_ends_a_silent_client_even_while_messages_arrive() {
+    let server = start(&["--idle-timeout", "1"]);
+    let mut silent = server.greeted();
+    let mut talker = server.greeted();
+    let talker_id = client_id(&mut talker);
+    let started = Instant::now();
+    // Messages the silent client receives are not requests: they do not keep it alive.
+    assert_eq!(talker.request("SAY are you there?"), "OK");
+    assert_eq!(
+        silent.next_message(),
+        Ok(format!("MSG {talker_id} are you there?"))
+    );
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert!(silent.closes());
+    assert!(started.elapsed() >= Duration::from_millis(800));
 }

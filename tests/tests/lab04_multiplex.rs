@@ -157,6 +157,23 @@ fn partial_writes_are_finished_when_the_socket_is_writable(args: &[&str]) {
     assert_eq!(line, "OK all there\n");
 }
 
+/// A client that sends its requests and then half-closes (end of stream) still gets every
+/// reply before the server closes its side.
+fn a_half_closed_client_still_gets_its_replies(args: &[&str]) {
+    let server = Server::start(SERVER, args);
+    let mut client = server.greeted();
+    client.send_raw(b"ECHO one\nINCR\nECHO unfinished line without its newline");
+    client.shutdown_write();
+    assert_eq!(client.read_reply().unwrap(), "OK one");
+    assert_eq!(client.read_reply().unwrap(), "OK 1");
+    assert!(client.closes(), "closed after the end of stream");
+    assert!(wait_until(Duration::from_secs(10), || server
+        .stderr()
+        .contains("in the middle of a line")));
+    let mut next = server.greeted();
+    assert_eq!(next.request("INCR"), "OK 2");
+}
+
 /// A request that trickles in one byte at a time is answered once its `\n` arrives, and the
 /// unfinished line holds nobody else up.
 fn a_request_sent_one_byte_at_a_time_is_answered(args: &[&str]) {
@@ -343,6 +360,10 @@ macro_rules! api_tests {
                 super::partial_writes_are_finished_when_the_socket_is_writable(ARGS);
             }
             #[test]
+            fn a_half_closed_client_still_gets_its_replies() {
+                super::a_half_closed_client_still_gets_its_replies(ARGS);
+            }
+            #[test]
             fn a_request_sent_one_byte_at_a_time_is_answered() {
                 super::a_request_sent_one_byte_at_a_time_is_answered(ARGS);
             }
@@ -509,6 +530,17 @@ fn edge_without_epoll_is_a_usage_error() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("--api epoll"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_exits_2_with_a_clear_message() {
+    let server = Server::start(SERVER, &[]);
+    let mut command = Command::new(binary(SERVER));
+    command.args(["--port", &server.port().to_string()]);
+    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("in use"), "{stderr}");
 }
 
 #[test]

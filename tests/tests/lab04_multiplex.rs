@@ -326,8 +326,8 @@ fn a_client_that_never_reads_does_not_stop_the_others(args: &[&str]) {
     assert_eq!(other.request("ECHO still here"), "OK still here");
 }
 
-/// SIGTERM: every client is told `BYE` and closed, and the server exits 0.
-fn sigterm_says_bye_to_everyone_and_exits_zero(args: &[&str]) {
+/// SIGTERM or SIGINT: every client is told `BYE` and closed, and the server exits 0.
+fn sigterm_and_sigint_say_bye_to_everyone_and_exit_zero(args: &[&str]) {
     let mut server = Server::start(SERVER, args);
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
     assert_eq!(clients[0].request("ECHO hi"), "OK hi");
@@ -337,6 +337,13 @@ fn sigterm_says_bye_to_everyone_and_exits_zero(args: &[&str]) {
         assert_eq!(client.read_line().as_deref(), Ok("BYE"));
         assert!(client.closes());
     }
+    // SIGINT (Ctrl-C) too, this time with one client in the middle of a line.
+    let mut server = Server::start(SERVER, args);
+    let mut client = server.greeted();
+    client.send_raw(b"ECHO half");
+    let status = server.stop_with(Signal::SIGINT, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(client.read_line().as_deref(), Ok("BYE"));
 }
 
 macro_rules! api_tests {
@@ -384,8 +391,8 @@ macro_rules! api_tests {
                 super::a_client_that_never_reads_does_not_stop_the_others(ARGS);
             }
             #[test]
-            fn sigterm_says_bye_to_everyone_and_exits_zero() {
-                super::sigterm_says_bye_to_everyone_and_exits_zero(ARGS);
+            fn sigterm_and_sigint_say_bye_to_everyone_and_exit_zero() {
+                super::sigterm_and_sigint_say_bye_to_everyone_and_exit_zero(ARGS);
             }
         }
     )*};

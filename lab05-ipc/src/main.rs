@@ -111,8 +111,13 @@ fn main() {
     // Leftovers of servers that were killed (SIGKILL) before they could clean up.
     names::remove_stale(server);
 
+    // socket() + bind() + listen(backlog), first: if the port is taken we exit at once, before
+    // creating anything that would then be left behind.
+    let listener = common::listener::listen(&args.server);
+
     // The shared memory: created and mapped once, here, before any fork(), so that every child
-    // inherits the mapping and they all see the same pages.
+    // inherits the mapping and they all see the same pages. (Clients that connect meanwhile wait
+    // in the accept queue.)
     let shm_name = names::shm_name(server);
     let memory = match SharedMemory::create(&shm_name) {
         Ok(memory) => memory,
@@ -125,8 +130,6 @@ fn main() {
     );
     explain_queue_budget(args.max_children);
 
-    // socket() + bind() + listen(backlog).
-    let listener = common::listener::listen(&args.server);
     serve_forever(listener, memory.board(), server, &args);
 
     // Stopped: no child is left. Remove what crashed children left, then the shared memory.

@@ -699,3 +699,32 @@ fn an_idle_timeout_ends_a_silent_client_even_while_messages_arrive() {
         "BYE idle after {took:?}, with a 1 s idle timeout and messages until 4 s"
     );
 }
+
+#[test]
+fn a_port_in_use_is_a_clear_error_that_leaves_nothing_behind() {
+    let first = start(&[]);
+    let port = first.port().to_string();
+    let mut second = Command::new(binary(SERVER))
+        .args(["--port", &port])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second server");
+    let pid = second.id() as i32;
+    let mut status = None;
+    wait_until(Duration::from_secs(30), || {
+        status = second.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("the second server did not exit");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert_eq!(shm_objects_of(pid), Vec::<String>::new(), "{stderr}");
+}

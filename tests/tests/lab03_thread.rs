@@ -404,6 +404,31 @@ fn sigterm_stops_the_pool_gracefully() {
 }
 
 #[test]
+fn a_silent_client_gets_bye_idle_while_the_others_are_served() {
+    let server = Server::start(SERVER, &["--idle-timeout", "1"]);
+    let mut silent = server.greeted();
+    let started = Instant::now();
+    let mut talker = server.greeted();
+    // The talker keeps talking (three requests of 400 ms, pipelined) while the silent one waits.
+    talker.send_raw(b"SLEEP 400\nSLEEP 400\nSLEEP 400\n");
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before the timeout"
+    );
+    assert!(silent.closes());
+    for _ in 0..3 {
+        assert_eq!(talker.read_reply().as_deref(), Ok("OK slept 400"));
+    }
+    assert_eq!(
+        talker.request("SAY alone now"),
+        "OK",
+        "SAY with nobody else is fine"
+    );
+    assert!(talker.request("PANIC").starts_with("ERR PANIC is disabled"));
+}
+
+#[test]
 fn help_documents_the_lab_flags() {
     let mut command = Command::new(binary(SERVER));
     command.arg("--help");

@@ -18,7 +18,9 @@
 //! `room.rs`). The writer also gives up on a client that accepts nothing for [`WRITE_TIMEOUT`].
 //!
 //! What is queued for one client is therefore bounded: at most [`OUTBOX_LINES`] lines here, plus
-//! what the kernel's socket buffers hold.
+//! what the kernel's socket buffers hold. The outbox fills only once those buffers are full, that
+//! is, once the client has left megabytes unread: its own replies count too, so a client that
+//! sends request after request and never reads the answers is cut off by the next `MSG` as well.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};

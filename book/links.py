@@ -9,7 +9,7 @@ but not in the book, so this rewrites them:
   - a link to a source file (src/main.rs, ../common/src/fork.rs) becomes its repository path in
     code font, since the book does not carry the sources;
   - images, web links and anchors are left alone.
-Used from book.toml and book/ko/book.toml as `[preprocessor.links] command = "python3 links.py"`.
+Used from book.toml and book/ko/book.toml as `[preprocessor.repolinks] command = "python3 links.py"` (not `links`: that name is mdBook's own include preprocessor).
 """
 import json
 import os

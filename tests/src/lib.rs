@@ -6,12 +6,17 @@
 //!   never runs a stale or missing binary.
 //! - [`Server`] starts a server with `--port 0`, reads its `listening on` line, keeps its stderr,
 //!   and on drop kills its whole process group (forked children too) and reaps it.
-//! - [`Client`] speaks the protocol with a timeout on every read.
+//! - [`Client`] speaks the protocol with a timeout on every read, and answers the questions the
+//!   labs' tests all ask of it: is it [still waiting](Client::still_waiting), what is its
+//!   [`client=` id](Client::client_id), [which process serves it](Client::serving_pid).
+//! - [`run_binary`], [`run_demo`], [`run_client`] (and [`spawn_client`]) run a lab's binaries
+//!   as a user would: `--help` and bad usage, the `--demo N` walkthrough, the line client fed
+//!   from stdin.
 //! - [`procfs`] reads the observable truth: parents, threads, descriptors, zombies, the backlog.
 //!
 //! Every wait here is bounded. Nothing forks inside the test process (we only spawn).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -31,6 +36,12 @@ pub mod procfs;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to print `listening on`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a short run of a binary (`--help`, bad usage, a taken port, the line client) may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `--demo N` run may take.
+pub const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Server::narrates`] waits for a line of narration to reach the test.
+pub const NARRATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The cargo package that ships each binary (the contract's table).
 fn package_of(binary: &str) -> Option<&'static str> {
@@ -277,6 +288,27 @@ impl Server {
     pub fn children(&self) -> Vec<i32> {
         procfs::children_of(self.pid())
     }
+
+    /// The server's live (non-zombie) children.
+    pub fn live_children(&self) -> BTreeSet<i32> {
+        self.children()
+            .into_iter()
+            .filter(|&pid| procfs::alive(pid))
+            .collect()
+    }
+
+    /// True once the server's stderr contains `text`, waiting at most [`NARRATION_TIMEOUT`].
+    ///
+    /// Its stderr is read by a thread of the harness, so a line the server wrote before its reply
+    /// may reach the test a moment after the reply: wait for it rather than read it once.
+    pub fn narrates(&self, text: &str) -> bool {
+        self.narrates_within(text, NARRATION_TIMEOUT)
+    }
+
+    /// Like [`narrates`](Self::narrates), waiting at most `timeout`.
+    pub fn narrates_within(&self, text: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stderr().contains(text))
+    }
 }
 
 impl Drop for Server {
@@ -354,6 +386,103 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> (ExitStatus,
     (status, out, err)
 }
 
+/// Runs a lab binary with `args` to completion (stdin closed, at most [`RUN_TIMEOUT`]); returns
+/// (status, stdout, stderr). For `--help`, bad usage, a port in use.
+pub fn run_binary(binary_name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(binary(binary_name));
+    command.args(args);
+    run_with_timeout(command, RUN_TIMEOUT)
+}
+
+/// What a `--demo N` run printed.
+#[derive(Clone, Debug)]
+pub struct Demo {
+    /// Its whole stdout (the walkthrough).
+    pub stdout: String,
+    /// Its whole stderr (the server's narration).
+    pub stderr: String,
+    /// Each `(waited N ms)` of the walkthrough, in order: how long each client waited for its
+    /// `HELLO`.
+    pub waits_ms: Vec<u64>,
+}
+
+/// Runs `binary_name --demo <clients>` (at most [`DEMO_TIMEOUT`]) and checks what every lab's
+/// demo must do: exit with success, after its server `stopped with SIGTERM: exit status: 0`.
+/// Returns what it printed, with the `(waited N ms)` of each client parsed.
+pub fn run_demo(binary_name: &str, clients: usize) -> Demo {
+    let mut command = Command::new(binary(binary_name));
+    command.args(["--demo", &clients.to_string()]);
+    let (status, stdout, stderr) = run_with_timeout(command, DEMO_TIMEOUT);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("server stopped with SIGTERM: exit status: 0"),
+        "{stdout}"
+    );
+    let waits_ms = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split("(waited ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    Demo {
+        stdout,
+        stderr,
+        waits_ms,
+    }
+}
+
+/// Starts a lab's line client (`binary_name --port <port>`) with stdin and stdout piped and
+/// stderr discarded, for a test that talks to it while it runs. See [`run_client`] for one that
+/// only feeds it and reads what it printed.
+pub fn spawn_client(binary_name: &str, port: u16) -> Child {
+    Command::new(binary(binary_name))
+        .args(["--port", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {binary_name}: {e}"))
+}
+
+/// Runs a lab's line client against `port`: writes `input` to its stdin, closes it (at end of
+/// input the client sends `QUIT`), and waits at most `timeout` for it to end. Returns its exit
+/// status and everything it printed on stdout. Panics, after killing it, if it does not end in
+/// time.
+pub fn run_client(
+    binary_name: &str,
+    port: u16,
+    input: &[u8],
+    timeout: Duration,
+) -> (ExitStatus, String) {
+    let mut child = spawn_client(binary_name, port);
+    let stdout = collect(child.stdout.take().expect("piped"));
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(input)
+            .unwrap_or_else(|e| panic!("write to {binary_name}'s stdin: {e}"));
+    } // dropped: end of input
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{binary_name} did not end within {timeout:?} after stdin EOF; it printed:\n{}",
+            stdout.finish(Duration::from_secs(1))
+        );
+    };
+    (status, stdout.finish(Duration::from_secs(5)))
+}
+
 /// What a `HELLO` or `WHO` reply said about who serves a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
@@ -424,6 +553,45 @@ impl Client {
         self.stream
             .set_read_timeout(Some(timeout))
             .expect("set timeout");
+    }
+
+    /// True if nothing arrives for `quiet`: the client is still waiting (in the accept queue,
+    /// for a free worker, or for its request to be worked on). Panics on any other error (such
+    /// as the server closing the connection). The read timeout is back to [`READ_TIMEOUT`]
+    /// afterwards.
+    pub fn still_waiting(&mut self, quiet: Duration) -> bool {
+        self.set_timeout(quiet);
+        let got = self.read_line();
+        self.set_timeout(READ_TIMEOUT);
+        match got {
+            Err(e)
+                if e.contains("timed out")
+                    || e.contains("would block")
+                    || e.contains("temporarily unavailable") =>
+            {
+                true
+            }
+            Err(e) => panic!("unexpected error while checking the client waits: {e}"),
+            Ok(line) => {
+                eprintln!("a waiting client received {line:?}");
+                false
+            }
+        }
+    }
+
+    /// The pid of the process that serves us, from our `HELLO`. Panics if it was not read.
+    pub fn serving_pid(&self) -> i32 {
+        self.hello.as_ref().expect("greeted").pid
+    }
+
+    /// The id the server gave us: asks `WHO` and returns its `client=<id>`. Panics if the reply
+    /// has none.
+    pub fn client_id(&mut self) -> u64 {
+        let who = self.request("WHO");
+        who.rsplit("client=")
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no client id in {who:?}"))
     }
 
     /// Reads the `HELLO` line and remembers who serves us. Panics if it does not come in time.

@@ -1,5 +1,6 @@
 //! Reading the observable truth about processes from `/proc` (and the accept queue from `ss`).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::process::Command;
 
@@ -88,6 +89,26 @@ pub fn threads(pid: i32) -> Vec<i32> {
     tids
 }
 
+/// What the descriptors of a process point to: the targets of the links in `/proc/<pid>/fd`
+/// (`socket:[inode]`, `/dev/null`, `pipe:[inode]`, a path ...). Empty if the process is gone.
+pub fn fd_links(pid: i32) -> BTreeSet<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The sockets a process holds open: its [`fd_links`] that are `socket:[inode]`.
+pub fn sockets_of(pid: i32) -> BTreeSet<String> {
+    fd_links(pid)
+        .into_iter()
+        .filter(|target| target.starts_with("socket:"))
+        .collect()
+}
+
 /// How many descriptors the process has open, from `/proc/<pid>/fd`.
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
@@ -140,6 +161,8 @@ mod tests {
         assert!(matches!(s.state, 'R' | 'S'));
         assert!(!threads(me).is_empty());
         assert!(fd_count(me) >= 3);
+        assert!(!fd_links(me).is_empty());
+        assert!(sockets_of(me).iter().all(|s| s.starts_with("socket:")));
         assert!(rss_kib(me).unwrap() > 0);
         assert!(children_of(s.ppid).contains(&me));
     }

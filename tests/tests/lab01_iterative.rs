@@ -3,34 +3,12 @@
 //!
 //! Grade this lab alone with `cargo test -p tests --test lab01_iterative`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+use tests::{procfs, run_binary, run_client, run_demo, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "iterative-server";
-
-/// True if `client` receives nothing for `quiet` (it is still waiting in the accept queue).
-fn still_waiting(client: &mut Client, quiet: Duration) -> bool {
-    client.set_timeout(quiet);
-    let got = client.read_line();
-    client.set_timeout(tests::READ_TIMEOUT);
-    match got {
-        Err(e)
-            if e.contains("timed out")
-                || e.contains("would block")
-                || e.contains("temporarily unavailable") =>
-        {
-            true
-        }
-        Err(e) => panic!("unexpected error while checking the client waits: {e}"),
-        Ok(line) => {
-            eprintln!("a queued client received {line:?}");
-            false
-        }
-    }
-}
 
 #[test]
 fn the_second_client_waits_until_the_first_quits_and_the_third_until_the_second() {
@@ -42,11 +20,11 @@ fn the_second_client_waits_until_the_first_quits_and_the_third_until_the_second(
     // got nothing in half a second.
     assert_eq!(first.request("ECHO busy"), "OK busy");
     assert!(
-        still_waiting(&mut second, Duration::from_millis(500)),
+        second.still_waiting(Duration::from_millis(500)),
         "second was served while first was"
     );
     assert!(
-        still_waiting(&mut third, Duration::from_millis(100)),
+        third.still_waiting(Duration::from_millis(100)),
         "third was served while first was"
     );
 
@@ -61,7 +39,7 @@ fn the_second_client_waits_until_the_first_quits_and_the_third_until_the_second(
     assert_eq!(hello.tid, server.pid(), "by its one and only thread");
     assert_eq!(second.request("ECHO now"), "OK now");
     assert!(
-        still_waiting(&mut third, Duration::from_millis(500)),
+        third.still_waiting(Duration::from_millis(500)),
         "third was served while second was"
     );
 
@@ -225,26 +203,21 @@ fn sigterm_and_sigint_exit_zero_even_while_serving() {
 #[test]
 fn a_port_in_use_exits_2_with_a_clear_message() {
     let server = Server::start(SERVER, &[]);
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--port", &server.port().to_string()]);
-    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+    let port = server.port().to_string();
+    let (status, stdout, stderr) = run_binary(SERVER, &["--port", &port]);
     assert_eq!(status.code(), Some(2));
     assert!(stdout.is_empty(), "no listening line: {stdout}");
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(stderr.contains("--port"), "says what to do: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let mut bad = Command::new(binary(SERVER));
-    bad.args(["--backlog", "lots"]);
-    let (status, _, stderr) = run_with_timeout(bad, Duration::from_secs(10));
+    let (status, _, stderr) = run_binary(SERVER, &["--backlog", "lots"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }
 
 #[test]
 fn help_lists_the_shared_flags() {
-    let mut command = Command::new(binary(SERVER));
-    command.arg("--help");
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
     assert!(status.success());
     for flag in [
         "--host",
@@ -262,30 +235,13 @@ fn help_lists_the_shared_flags() {
 #[test]
 fn the_client_sends_stdin_lines_and_prints_replies() {
     let server = Server::start(SERVER, &[]);
-    let mut command = Command::new(binary("iterative-client"));
-    command.args(["--port", &server.port().to_string()]);
-    command.stdin(std::process::Stdio::piped());
-    // run_with_timeout closes stdin; feed it through a shell-free pipe instead.
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"ECHO from the client\nINCR\n").unwrap();
-    } // EOF: the client sends QUIT
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the client did not end after stdin EOF"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Then EOF: the client sends QUIT.
+    let (status, stdout) = run_client(
+        "iterative-client",
+        server.port(),
+        b"ECHO from the client\nINCR\n",
+        Duration::from_secs(10),
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("HELLO iterative pid="), "{stdout}");
     assert_eq!(
@@ -293,30 +249,16 @@ fn the_client_sends_stdin_lines_and_prints_replies() {
         ["OK from the client", "OK 1", "OK bye"],
         "{stdout}"
     );
-    assert!(output.status.success());
+    assert!(status.success());
 }
 
 #[test]
 fn the_demo_shows_each_client_waiting_for_the_one_before() {
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--demo", "3"]);
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
-    assert!(status.success(), "{stdout}");
-    assert!(
-        stdout.contains("server stopped with SIGTERM: exit status: 0"),
-        "{stdout}"
-    );
-    let waits: Vec<u64> = stdout
-        .lines()
-        .filter_map(|l| {
-            l.split("(waited ")
-                .nth(1)?
-                .split(" ms")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let Demo {
+        stdout,
+        waits_ms: waits,
+        ..
+    } = run_demo(SERVER, 3);
     assert_eq!(waits.len(), 3, "{stdout}");
     // Each client does a SLEEP 500 before QUIT, so each waits longer than the one before.
     assert!(

@@ -5,68 +5,19 @@
 //! Grade this lab alone with `cargo test -p tests --test lab02_fork`.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+use tests::{procfs, run_binary, run_client, run_demo, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "fork-server";
-
-/// True if `client` receives nothing for `quiet` (it is still waiting in the accept queue, or
-/// its request is still being worked on).
-fn still_waiting(client: &mut Client, quiet: Duration) -> bool {
-    client.set_timeout(quiet);
-    let got = client.read_line();
-    client.set_timeout(tests::READ_TIMEOUT);
-    match got {
-        Err(e)
-            if e.contains("timed out")
-                || e.contains("would block")
-                || e.contains("temporarily unavailable") =>
-        {
-            true
-        }
-        Err(e) => panic!("unexpected error while checking the client waits: {e}"),
-        Ok(line) => {
-            eprintln!("a waiting client received {line:?}");
-            false
-        }
-    }
-}
-
-/// The pid that serves `client` (from its `HELLO`).
-fn served_by(client: &Client) -> i32 {
-    client.hello.as_ref().expect("greeted").pid
-}
-
-/// The sockets a process holds open: the `socket:[inode]` targets in `/proc/<pid>/fd`.
-fn sockets_of(pid: i32) -> BTreeSet<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .map(|target| target.to_string_lossy().into_owned())
-                .filter(|target| target.starts_with("socket:"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The server's live (non-zombie) children.
-fn live_children(server: &Server) -> BTreeSet<i32> {
-    server
-        .children()
-        .into_iter()
-        .filter(|&pid| procfs::alive(pid))
-        .collect()
-}
 
 #[test]
 fn three_clients_are_served_at_once_each_by_its_own_child() {
     let server = Server::start(SERVER, &[]);
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
     // All three are greeted before any leaves: they are served at the same time.
-    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
     assert_eq!(pids.len(), 3, "three distinct serving processes: {pids:?}");
     for client in &mut clients {
         let hello = client.hello.clone().unwrap();
@@ -90,20 +41,20 @@ fn three_clients_are_served_at_once_each_by_its_own_child() {
         );
     }
     assert_eq!(
-        live_children(&server),
+        server.live_children(),
         pids,
         "the server's children are exactly the serving processes"
     );
     // fork() copied the listening socket into each child; each child closed its copy, and the
     // parent closed its copies of the clients' sockets.
-    let parent_sockets = sockets_of(server.pid());
+    let parent_sockets = procfs::sockets_of(server.pid());
     assert_eq!(
         parent_sockets.len(),
         1,
         "the parent holds only the listening socket: {parent_sockets:?}"
     );
     for &pid in &pids {
-        let child_sockets = sockets_of(pid);
+        let child_sockets = procfs::sockets_of(pid);
         assert_eq!(
             child_sockets.len(),
             1,
@@ -139,7 +90,7 @@ fn a_sleep_in_one_child_does_not_delay_the_others() {
     );
     // The sleeper is still sleeping while the others were served...
     assert!(
-        still_waiting(&mut sleeper, Duration::from_millis(100)),
+        sleeper.still_waiting(Duration::from_millis(100)),
         "the SLEEP ended early"
     );
     // ... and gets its answer in the end.
@@ -155,7 +106,7 @@ fn two_hundred_clients_one_after_another_leave_no_zombie_and_no_descriptor() {
     let mut pids = BTreeSet::new();
     for i in 0..200 {
         let mut client = server.greeted();
-        pids.insert(served_by(&client));
+        pids.insert(client.serving_pid());
         if i % 2 == 0 {
             assert_eq!(client.request("QUIT"), "OK bye");
         }
@@ -183,7 +134,7 @@ fn a_panic_kills_one_child_and_the_others_are_still_served() {
     let server = Server::start(SERVER, &["--allow-panic"]);
     let mut doomed = server.greeted();
     let mut survivor = server.greeted();
-    let doomed_pid = served_by(&doomed);
+    let doomed_pid = doomed.serving_pid();
     doomed.send("PANIC");
     assert!(doomed.closes(), "the panicking child's connection closes");
     assert!(
@@ -197,9 +148,7 @@ fn a_panic_kills_one_child_and_the_others_are_still_served() {
     assert_eq!(next.request("INCR"), "OK 1");
     let narrated = format!("reaped child {doomed_pid} (exit 101)");
     assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains(&narrated)),
+        server.narrates(&narrated),
         "the parent narrates the child's exit status; stderr:\n{}",
         server.stderr()
     );
@@ -214,7 +163,7 @@ fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
         sleeping.send("SLEEP 8000");
         let mut busy = server.greeted();
         assert_eq!(busy.request("ECHO hi"), "OK hi");
-        let pids = [served_by(&idle), served_by(&sleeping), served_by(&busy)];
+        let pids = [idle.serving_pid(), sleeping.serving_pid(), busy.serving_pid()];
 
         let status = server.stop_with(signal, Duration::from_secs(10));
         assert_eq!(status.code(), Some(0), "{signal}: {status}");
@@ -261,7 +210,7 @@ fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
 fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let mut server = Server::start(SERVER, &[]);
     let client = server.greeted();
-    let pid = served_by(&client);
+    let pid = client.serving_pid();
     // Freeze the child: a stopped process cannot run its SIGTERM handler (the signal waits,
     // pending), but SIGKILL still ends it. It stands for a child stuck for any reason.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
@@ -291,16 +240,16 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
 fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked() {
     let server = Server::start(SERVER, &["--prefork", "3", "--allow-panic"]);
     assert!(
-        wait_until(Duration::from_secs(10), || live_children(&server).len()
+        wait_until(Duration::from_secs(10), || server.live_children().len()
             == 3),
         "three children forked up front, before any client: {:?}",
         server.children()
     );
-    let pool = live_children(&server);
+    let pool = server.live_children();
 
     // Three clients at once: three distinct workers of the pool.
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
-    let serving: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    let serving: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
     assert_eq!(
         serving, pool,
         "served by exactly the three pre-forked children"
@@ -308,12 +257,12 @@ fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked(
     // A fourth waits: the pool caps concurrency at three.
     let mut fourth = server.connect();
     assert!(
-        still_waiting(&mut fourth, Duration::from_millis(500)),
+        fourth.still_waiting(Duration::from_millis(500)),
         "a fourth client was served by a pool of three"
     );
     assert_eq!(clients[0].request("INCR"), "OK 1");
     assert_eq!(clients[0].request("QUIT"), "OK bye");
-    let freed = served_by(&clients[0]);
+    let freed = clients[0].serving_pid();
     assert_eq!(
         fourth.read_hello().pid,
         freed,
@@ -325,24 +274,24 @@ fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked(
     // Clients one after another: never a pid from outside the pool, never a new fork.
     for _ in 0..6 {
         let mut client = server.greeted();
-        assert!(pool.contains(&served_by(&client)));
+        assert!(pool.contains(&client.serving_pid()));
         assert_eq!(client.request("QUIT"), "OK bye");
     }
-    assert_eq!(live_children(&server), pool, "no fork per client");
+    assert_eq!(server.live_children(), pool, "no fork per client");
 
     // A panic kills one worker; the parent forks a replacement.
-    let doomed = served_by(&clients[1]);
+    let doomed = clients[1].serving_pid();
     clients[1].send("PANIC");
     assert!(clients[1].closes());
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let now = live_children(&server);
+            let now = server.live_children();
             now.len() == 3 && !now.contains(&doomed)
         }),
         "the pool is back at three without {doomed}: {:?}",
         server.children()
     );
-    let new_pool = live_children(&server);
+    let new_pool = server.live_children();
     for pid in &new_pool {
         assert_eq!(procfs::stat(*pid).unwrap().ppid, server.pid());
     }
@@ -352,9 +301,9 @@ fn prefork_three_serves_from_a_pool_of_three_and_replaces_a_child_that_panicked(
     // Three at once again: exactly the new pool.
     drop(clients);
     let again: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
-    let serving: BTreeSet<i32> = again.iter().map(served_by).collect();
+    let serving: BTreeSet<i32> = again.iter().map(Client::serving_pid).collect();
     assert_eq!(serving, new_pool);
-    assert_eq!(live_children(&server), new_pool, "the pool stays at three");
+    assert_eq!(server.live_children(), new_pool, "the pool stays at three");
     assert_eq!(procfs::threads(server.pid()).len(), 1);
 }
 
@@ -375,14 +324,14 @@ fn max_children_two_holds_the_third_client_back_until_one_leaves() {
         procfs::listen_queue(server.port())
     );
     assert!(
-        still_waiting(&mut third, Duration::from_millis(700)),
+        third.still_waiting(Duration::from_millis(700)),
         "a third client was served at --max-children 2"
     );
     assert_eq!(server.children().len(), 2);
 
     assert_eq!(first.request("QUIT"), "OK bye");
     let hello = third.read_hello();
-    assert_ne!(hello.pid, served_by(&second));
+    assert_ne!(hello.pid, second.serving_pid());
     assert_eq!(third.request("ECHO in"), "OK in");
     assert!(
         server.stderr().contains("--max-children cap"),
@@ -395,7 +344,7 @@ fn max_children_two_holds_the_third_client_back_until_one_leaves() {
 fn no_reap_leaves_zombies_until_the_server_stops() {
     let mut server = Server::start(SERVER, &["--no-reap"]);
     let mut client = server.greeted();
-    let pid = served_by(&client);
+    let pid = client.serving_pid();
     assert_eq!(client.request("QUIT"), "OK bye");
     assert!(
         wait_until(Duration::from_secs(10), || procfs::zombie_children_of(
@@ -421,9 +370,7 @@ fn no_reap_leaves_zombies_until_the_server_stops() {
 
 #[test]
 fn bad_usage_exits_2_and_help_lists_the_flags() {
-    let mut command = Command::new(binary(SERVER));
-    command.arg("--help");
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
     assert!(status.success());
     for flag in [
         "--host",
@@ -446,9 +393,7 @@ fn bad_usage_exits_2_and_help_lists_the_flags() {
         ["--max-children", "0"],
         ["--prefork", "many"],
     ] {
-        let mut command = Command::new(binary(SERVER));
-        command.args(bad);
-        let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+        let (status, stdout, stderr) = run_binary(SERVER, &bad);
         assert_eq!(status.code(), Some(2), "{bad:?}: {stderr}");
         assert!(stdout.is_empty(), "{bad:?}: no listening line");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -457,59 +402,29 @@ fn bad_usage_exits_2_and_help_lists_the_flags() {
 
 #[test]
 fn the_client_sends_stdin_lines_and_prints_replies() {
-    use std::io::Write;
     let server = Server::start(SERVER, &[]);
-    let mut child = Command::new(binary("fork-client"))
-        .args(["--port", &server.port().to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"INCR\nINCR\nSAY hi\n")
-        .unwrap(); // then EOF: the client sends QUIT
-    assert!(
-        wait_until(Duration::from_secs(10), || child
-            .try_wait()
-            .unwrap()
-            .is_some()),
-        "the client did not end after stdin EOF"
+    // Then EOF: the client sends QUIT.
+    let (status, stdout) = run_client(
+        "fork-client",
+        server.port(),
+        b"INCR\nINCR\nSAY hi\n",
+        Duration::from_secs(10),
     );
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("HELLO fork pid="), "{stdout}");
     assert_eq!(lines[1..3], ["OK 1", "OK 2"], "{stdout}");
     assert!(lines[3].starts_with("ERR "), "{stdout}");
     assert_eq!(lines[4], "OK bye", "{stdout}");
-    assert!(output.status.success());
+    assert!(status.success());
 }
 
 #[test]
 fn the_demo_shows_every_client_greeted_at_once_by_its_own_pid() {
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--demo", "3"]);
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
-    assert!(status.success(), "{stdout}");
-    assert!(
-        stdout.contains("server stopped with SIGTERM: exit status: 0"),
-        "{stdout}"
-    );
-    let waits: Vec<u64> = stdout
-        .lines()
-        .filter_map(|l| {
-            l.split("(waited ")
-                .nth(1)?
-                .split(" ms")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let Demo {
+        stdout,
+        waits_ms: waits,
+        ..
+    } = run_demo(SERVER, 3);
     assert_eq!(waits.len(), 3, "{stdout}");
     // Each client SLEEPs 1,500 ms; nobody waits for another's SLEEP to be greeted.
     assert!(

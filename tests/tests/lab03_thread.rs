@@ -5,54 +5,22 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+use tests::{procfs, run_binary, run_demo, spawn_client, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "thread-server";
 
 /// How long we wait for the server to reach an observable state (threads gone, fds closed).
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// The client id the server gave `client` (from `WHO`).
-fn id_of(client: &mut Client) -> u64 {
-    let who = client.request("WHO");
-    who.rsplit("client=")
-        .next()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no client id in {who:?}"))
-}
+/// How long we wait for a line of the server's narration to reach the test.
+const NARRATION: Duration = Duration::from_secs(5);
 
-/// True if `client` receives nothing for `quiet` (it is still waiting to be served).
-fn still_waiting(client: &mut Client, quiet: Duration) -> bool {
-    client.set_timeout(quiet);
-    let got = client.read_line();
-    client.set_timeout(tests::READ_TIMEOUT);
-    match got {
-        Err(e)
-            if e.contains("timed out")
-                || e.contains("would block")
-                || e.contains("temporarily unavailable") =>
-        {
-            true
-        }
-        Err(e) => panic!("unexpected error while checking the client waits: {e}"),
-        Ok(line) => {
-            eprintln!("a waiting client received {line:?}");
-            false
-        }
-    }
-}
-
-/// True once the server's stderr (read by another thread of the harness) contains `text`.
-fn narrated(server: &Server, text: &str) -> bool {
-    wait_until(Duration::from_secs(5), || server.stderr().contains(text))
-}
-
+/// How many threads the server process has (`/proc/<pid>/task`).
 fn thread_count(server: &Server) -> usize {
     procfs::threads(server.pid()).len()
 }
@@ -143,13 +111,13 @@ fn say_reaches_the_two_others_and_not_the_sender() {
     let mut alice = server.greeted();
     let mut bob = server.greeted();
     let mut carol = server.greeted();
-    let alice_id = id_of(&mut alice);
+    let alice_id = alice.client_id();
     assert_eq!(alice.request("SAY hello, room"), "OK");
     let expected = format!("MSG {alice_id} hello, room");
     assert_eq!(bob.next_message().as_deref(), Ok(expected.as_str()));
     assert_eq!(carol.next_message().as_deref(), Ok(expected.as_str()));
     // Bob answers; everything Alice receives before her next reply is kept aside by the harness.
-    let bob_id = id_of(&mut bob);
+    let bob_id = bob.client_id();
     assert_eq!(bob.request("say hi alice"), "OK");
     assert_eq!(
         alice.next_message(),
@@ -186,7 +154,7 @@ fn a_panic_ends_one_thread_and_the_others_go_on_sharing() {
     );
     assert!(tests::procfs::alive(server.pid()));
     assert!(
-        narrated(&server, "panicked"),
+        server.narrates_within("panicked", NARRATION),
         "stderr:\n{}",
         server.stderr()
     );
@@ -195,7 +163,7 @@ fn a_panic_ends_one_thread_and_the_others_go_on_sharing() {
     // (the panicked client has left it: only Bob hears Alice).
     assert_eq!(bob.request("INCR"), "OK 3");
     assert_eq!(alice.request("INCR"), "OK 4");
-    let alice_id = id_of(&mut alice);
+    let alice_id = alice.client_id();
     assert_eq!(alice.request("SAY still here"), "OK");
     assert_eq!(bob.next_message(), Ok(format!("MSG {alice_id} still here")));
     let mut newcomer = server.greeted();
@@ -236,9 +204,9 @@ fn a_client_that_never_reads_does_not_stop_say_reaching_the_others() {
     let server = Server::start(SERVER, &[]);
     let mut sender = server.greeted();
     let mut sleepy = server.greeted();
-    let sleepy_id = id_of(&mut sleepy); // and then it never reads again
+    let sleepy_id = sleepy.client_id(); // and then it never reads again
     let mut reader = server.greeted();
-    let sender_id = id_of(&mut sender);
+    let sender_id = sender.client_id();
 
     // Flood: 4 KB lines, until the server gives up on the sleepy client. Each SAY must be
     // answered, and reach the reading client, within the 10 s read timeout: nobody waits for
@@ -287,7 +255,7 @@ fn a_pool_of_two_serves_two_while_the_third_waits_its_turn() {
     let mut third = server.connect();
     assert_eq!(second.request("ECHO busy"), "OK busy");
     assert!(
-        still_waiting(&mut third, Duration::from_millis(500)),
+        third.still_waiting(Duration::from_millis(500)),
         "the third client was greeted while two workers were busy"
     );
     assert_eq!(first.request("INCR"), "OK 1");
@@ -331,7 +299,7 @@ fn max_clients_refuses_the_next_one_politely() {
     let mut third = server.connect();
     assert_eq!(third.read_line().as_deref(), Ok("ERR server full"));
     assert!(third.closes());
-    assert!(narrated(&server, "refused client 3"), "{}", server.stderr());
+    assert!(server.narrates_within("refused client 3", NARRATION), "{}", server.stderr());
 
     // Once one leaves (and its thread has ended), there is room again.
     assert_eq!(first.request("QUIT"), "OK bye");
@@ -375,7 +343,7 @@ fn sigterm_and_sigint_exit_zero_promptly_with_clients_connected() {
         );
         assert_eq!(sleeper.read_reply().as_deref(), Ok("BYE"), "{signal}");
         assert!(sleeper.closes(), "{signal}: the sleeper was closed too");
-        assert!(narrated(&server, "woke 4 client(s)"), "{signal}");
+        assert!(server.narrates_within("woke 4 client(s)", NARRATION), "{signal}");
     }
 }
 
@@ -385,7 +353,7 @@ fn sigterm_stops_the_pool_gracefully() {
     let mut served = server.greeted();
     let mut waiting = server.connect();
     assert_eq!(served.request("ECHO hi"), "OK hi");
-    assert!(still_waiting(&mut waiting, Duration::from_millis(300)));
+    assert!(waiting.still_waiting(Duration::from_millis(300)));
     let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     assert_eq!(served.read_line().as_deref(), Ok("BYE"));
@@ -397,7 +365,7 @@ fn sigterm_stops_the_pool_gracefully() {
     );
     assert!(waiting.closes());
     assert!(
-        narrated(&server, "every thread has finished"),
+        server.narrates_within("every thread has finished", NARRATION),
         "{}",
         server.stderr()
     );
@@ -430,9 +398,7 @@ fn a_silent_client_gets_bye_idle_while_the_others_are_served() {
 
 #[test]
 fn help_documents_the_lab_flags() {
-    let mut command = Command::new(binary(SERVER));
-    command.arg("--help");
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
     assert!(status.success());
     for flag in [
         "--pool",
@@ -443,22 +409,17 @@ fn help_documents_the_lab_flags() {
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
-    let mut bad = Command::new(binary(SERVER));
-    bad.args(["--pool", "0"]);
-    let (status, _, stderr) = run_with_timeout(bad, Duration::from_secs(10));
+    let (status, _, stderr) = run_binary(SERVER, &["--pool", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }
 
 #[test]
 fn the_demo_shows_one_pid_and_a_thread_per_client() {
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--demo", "3"]);
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
-    assert!(status.success(), "{stdout}");
-    assert!(
-        stdout.contains("server stopped with SIGTERM: exit status: 0"),
-        "{stdout}"
-    );
+    let Demo {
+        stdout,
+        waits_ms: waits,
+        ..
+    } = run_demo(SERVER, 3);
     let greetings: Vec<tests::Served> = stdout
         .lines()
         .filter_map(|l| tests::parse_served(l.split("<- ").nth(1)?.split("   (").next()?))
@@ -471,17 +432,6 @@ fn the_demo_shows_one_pid_and_a_thread_per_client() {
     assert_eq!(pids.len(), 1, "one process: {stdout}");
     assert_eq!(tids.len(), 3, "a thread per client: {stdout}");
     // Nobody waits for the clients ahead (each holds the server for over 1.3 s in lab01).
-    let waits: Vec<u64> = stdout
-        .lines()
-        .filter_map(|l| {
-            l.split("(waited ")
-                .nth(1)?
-                .split(" ms")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
     assert!(
         waits.iter().all(|&w| w < 1_000),
         "waits {waits:?}:\n{stdout}"
@@ -502,13 +452,7 @@ fn the_demo_shows_one_pid_and_a_thread_per_client() {
 #[test]
 fn the_client_prints_msg_lines_while_the_user_is_still_typing() {
     let server = Server::start(SERVER, &[]);
-    let mut child = Command::new(binary("thread-client"))
-        .args(["--port", &server.port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the client");
+    let mut child = spawn_client("thread-client", server.port());
     let (lines_tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     thread::spawn(move || {
@@ -528,7 +472,7 @@ fn the_client_prints_msg_lines_while_the_user_is_still_typing() {
 
     // The "user" has typed nothing more; a message from another client shows up anyway.
     let mut other = server.greeted();
-    let other_id = id_of(&mut other);
+    let other_id = other.client_id();
     assert_eq!(other.request("SAY are you there?"), "OK");
     assert_eq!(next(), format!("MSG {other_id} are you there?"));
 

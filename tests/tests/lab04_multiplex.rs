@@ -14,18 +14,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use socket2::{Domain, Socket, Type};
-use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+use tests::{procfs, run_binary, run_demo, run_with_timeout, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "multiplex-server";
-
-/// The `client=<id>` of a `WHO` reply.
-fn client_id(client: &mut Client) -> u64 {
-    let who = client.request("WHO");
-    who.rsplit("client=")
-        .next()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no client id in {who:?}"))
-}
 
 /// A hundred clients connected at once are all greeted and answered by the one thread of the
 /// one process, and share one counter.
@@ -137,7 +128,7 @@ fn partial_writes_are_finished_when_the_socket_is_writable(args: &[&str]) {
     let mut line = String::new();
     listener.read_line(&mut line).unwrap();
     assert!(line.starts_with("HELLO "), "{line}");
-    let speaker_id = client_id(&mut speaker);
+    let speaker_id = speaker.client_id();
     let text = "m".repeat(1000);
     const SAYS: usize = 200;
     speaker.send_raw(format!("SAY {text}\n").repeat(SAYS).as_bytes());
@@ -167,9 +158,7 @@ fn a_half_closed_client_still_gets_its_replies(args: &[&str]) {
     assert_eq!(client.read_reply().unwrap(), "OK one");
     assert_eq!(client.read_reply().unwrap(), "OK 1");
     assert!(client.closes(), "closed after the end of stream");
-    assert!(wait_until(Duration::from_secs(10), || server
-        .stderr()
-        .contains("in the middle of a line")));
+    assert!(server.narrates("in the middle of a line"));
     let mut next = server.greeted();
     assert_eq!(next.request("INCR"), "OK 2");
 }
@@ -201,7 +190,7 @@ fn a_request_sent_one_byte_at_a_time_is_answered(args: &[&str]) {
 fn say_reaches_every_other_client(args: &[&str]) {
     let server = Server::start(SERVER, args);
     let mut clients: Vec<Client> = (0..4).map(|_| server.greeted()).collect();
-    let speaker = client_id(&mut clients[0]);
+    let speaker = clients[0].client_id();
     assert_eq!(clients[0].request("SAY hello everyone"), "OK");
     for other in &mut clients[1..] {
         assert_eq!(
@@ -225,9 +214,7 @@ fn a_sleep_delays_every_other_client(args: &[&str]) {
     sleeper.send("SLEEP 1500");
     // Wait (observably) until the server is inside the SLEEP, then ask for an ECHO.
     assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("asked for SLEEP 1500")),
+        server.narrates("asked for SLEEP 1500"),
         "the server never started the SLEEP:\n{}",
         server.stderr()
     );
@@ -262,9 +249,7 @@ fn panic_closes_every_connection(args: &[&str]) {
         .expect("the server process is gone");
     assert!(!status.success(), "{status}");
     assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("panicked")),
+        server.narrates("panicked"),
         "{}",
         server.stderr()
     );
@@ -317,9 +302,7 @@ fn a_client_that_never_reads_does_not_stop_the_others(args: &[&str]) {
         sent >> 20
     );
     assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("does not read its replies")),
+        server.narrates("does not read its replies"),
         "the cut-off is narrated:\n{}",
         server.stderr()
     );
@@ -443,9 +426,7 @@ fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
         "the refused ones are the last to connect"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || server
-            .stderr()
-            .contains("FD_SETSIZE")),
+        server.narrates("FD_SETSIZE"),
         "narrated"
     );
     for refused_client in &mut clients[greeted..] {
@@ -502,9 +483,7 @@ fn out_of_descriptors_the_extra_client_is_refused_and_the_loop_goes_on() {
     for refused in &mut clients[greeted..] {
         assert!(refused.closes());
     }
-    assert!(wait_until(Duration::from_secs(10), || server
-        .stderr()
-        .contains("Too many open files")));
+    assert!(server.narrates("Too many open files"));
     assert_eq!(clients[greeted - 1].request("ECHO served"), "OK served");
     let fds_before = procfs::fd_count(server.pid());
     clients.truncate(greeted - 2); // two leave: their descriptors are free again
@@ -531,9 +510,7 @@ fn an_idle_timeout_says_bye_to_the_silent_client_only() {
 
 #[test]
 fn edge_without_epoll_is_a_usage_error() {
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--port", "0", "--api", "poll", "--edge"]);
-    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+    let (status, stdout, stderr) = run_binary(SERVER, &["--port", "0", "--api", "poll", "--edge"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("--api epoll"), "{stderr}");
@@ -542,9 +519,8 @@ fn edge_without_epoll_is_a_usage_error() {
 #[test]
 fn a_port_in_use_exits_2_with_a_clear_message() {
     let server = Server::start(SERVER, &[]);
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--port", &server.port().to_string()]);
-    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(10));
+    let port = server.port().to_string();
+    let (status, stdout, stderr) = run_binary(SERVER, &["--port", &port]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("in use"), "{stderr}");
@@ -552,9 +528,7 @@ fn a_port_in_use_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_documents_the_lab_flags() {
-    let mut command = Command::new(binary(SERVER));
-    command.arg("--help");
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(10));
+    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
     assert!(status.success());
     for flag in [
         "--api", "select", "poll", "epoll", "--edge", "--trace", "--demo",
@@ -567,14 +541,11 @@ fn help_documents_the_lab_flags() {
 
 #[test]
 fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--demo", "3"]);
-    let (status, stdout, stderr) = run_with_timeout(command, Duration::from_secs(60));
-    assert!(status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("server stopped with SIGTERM: exit status: 0"),
-        "{stdout}"
-    );
+    let Demo {
+        stdout,
+        stderr,
+        waits_ms: waits,
+    } = run_demo(SERVER, 3);
     let summary = stdout.split("== summary ==").nth(1).unwrap_or("");
     let served: Vec<&str> = summary
         .lines()
@@ -586,17 +557,6 @@ fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
         served.iter().all(|s| *s == served[0]),
         "one pid and tid: {served:?}"
     );
-    let waits: Vec<u64> = stdout
-        .lines()
-        .filter_map(|l| {
-            l.split("(waited ")
-                .nth(1)?
-                .split(" ms")
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
     assert_eq!(waits.len(), 3, "{stdout}");
     assert!(
         waits[1..].iter().any(|&w| w >= 500),

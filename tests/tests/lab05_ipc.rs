@@ -22,7 +22,7 @@ use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
-use tests::{binary, procfs, run_with_timeout, wait_until, Client, Server};
+use tests::{binary, procfs, run_demo, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "ipc-server";
 
@@ -75,20 +75,6 @@ fn start(args: &[&str]) -> Stopping {
     Stopping(Server::start(SERVER, args))
 }
 
-/// The client id a `WHO` reply gives.
-fn client_id(client: &mut Client) -> u64 {
-    let who = client.request("WHO");
-    who.rsplit("client=")
-        .next()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no client id in {who:?}"))
-}
-
-/// The pid that serves `client`, from its `HELLO`.
-fn served_by(client: &Client) -> i32 {
-    client.hello.as_ref().expect("greeted").pid
-}
-
 /// Files in /dev/shm that belong to server `pid` (`netlabs-ipc-<pid>-...`).
 fn shm_objects_of(pid: i32) -> Vec<String> {
     let prefix = format!("netlabs-ipc-{pid}-");
@@ -129,11 +115,6 @@ fn narrated_queues(server: &Server, count: usize) -> BTreeSet<String> {
     read()
 }
 
-/// Waits until the server's narration contains `text`; true if it did within 10 s.
-fn narrated(server: &Server, text: &str) -> bool {
-    wait_until(Duration::from_secs(10), || server.stderr().contains(text))
-}
-
 /// Whether a message queue of that name exists: `mq_open` without `O_CREAT` fails with ENOENT
 /// if not. (This works whether or not /dev/mqueue is mounted.)
 fn queue_exists(name: &str) -> bool {
@@ -150,15 +131,6 @@ fn queue_exists(name: &str) -> bool {
         Err(Errno::ENOENT) => false,
         Err(e) => panic!("mq_open({name}) failed with {e}, neither opened nor ENOENT"),
     }
-}
-
-/// The server's live (non-zombie) children.
-fn live_children(server: &Server) -> BTreeSet<i32> {
-    server
-        .children()
-        .into_iter()
-        .filter(|&pid| procfs::alive(pid))
-        .collect()
 }
 
 /// Reads `count` MSG lines from `client`.
@@ -187,7 +159,7 @@ fn got_no_message(client: &mut Client) -> bool {
 fn three_clients_three_children_one_shared_counter() {
     let server = start(&[]);
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
-    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
     assert_eq!(pids.len(), 3, "three distinct serving processes: {pids:?}");
     for client in &mut clients {
         let hello = client.hello.clone().unwrap();
@@ -201,7 +173,7 @@ fn three_clients_three_children_one_shared_counter() {
             "{who}"
         );
     }
-    assert_eq!(live_children(&server), pids);
+    assert_eq!(server.live_children(), pids);
     // Unlike lab02, the counter is shared: 1, 2, 3 across three processes.
     let counts: Vec<String> = clients.iter_mut().map(|c| c.request("INCR")).collect();
     assert_eq!(counts, ["OK 1", "OK 2", "OK 3"]);
@@ -230,9 +202,9 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
     let mut a = server.greeted();
     let mut b = server.greeted();
     let mut c = server.greeted();
-    assert_ne!(served_by(&a), served_by(&b));
-    assert_ne!(served_by(&b), served_by(&c));
-    let a_id = client_id(&mut a);
+    assert_ne!(a.serving_pid(), b.serving_pid());
+    assert_ne!(b.serving_pid(), c.serving_pid());
+    let a_id = a.client_id();
     assert_eq!(a.request("SAY hello from a"), "OK");
     assert_eq!(b.next_message(), Ok(format!("MSG {a_id} hello from a")));
     assert_eq!(c.next_message(), Ok(format!("MSG {a_id} hello from a")));
@@ -242,7 +214,7 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
         a.messages
     );
 
-    let c_id = client_id(&mut c);
+    let c_id = c.client_id();
     assert_eq!(c.request("SAY and from c"), "OK");
     assert_eq!(a.next_message(), Ok(format!("MSG {c_id} and from c")));
     assert_eq!(b.next_message(), Ok(format!("MSG {c_id} and from c")));
@@ -251,7 +223,7 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
     let queues = narrated_queues(&server, 3);
     let expected: BTreeSet<String> = [&a, &b, &c]
         .iter()
-        .map(|cl| format!("/netlabs-ipc-{}-child-{}", server.pid(), served_by(cl)))
+        .map(|cl| format!("/netlabs-ipc-{}-child-{}", server.pid(), cl.serving_pid()))
         .collect();
     assert_eq!(queues, expected);
     for queue in &queues {
@@ -264,7 +236,7 @@ fn a_4096_byte_say_arrives_whole() {
     let server = start(&[]);
     let mut a = server.greeted();
     let mut b = server.greeted();
-    let a_id = client_id(&mut a);
+    let a_id = a.client_id();
     // "SAY " + 4,092 bytes: a line of exactly 4,096 bytes, the protocol's limit.
     let text: String = (0..4092)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -284,12 +256,12 @@ fn a_4096_byte_say_arrives_whole() {
 fn a_burst_of_100_says_arrives_complete_and_in_order_at_each_other_client() {
     let server = start(&[]);
     let mut sender = server.greeted();
-    let sender_id = client_id(&mut sender);
+    let sender_id = sender.client_id();
     let readers: Vec<thread::JoinHandle<Vec<String>>> = (0..2)
         .map(|_| {
             let mut reader = server.greeted();
             // Greeted and registered (its WHO is answered after its queue exists).
-            client_id(&mut reader);
+            reader.client_id();
             thread::spawn(move || messages(&mut reader, 100))
         })
         .collect();
@@ -318,10 +290,10 @@ fn a_burst_of_100_says_arrives_complete_and_in_order_at_each_other_client() {
 fn fifty_clients_connected_at_once_all_receive_a_say() {
     let server = start(&[]);
     let mut clients: Vec<Client> = (0..50).map(|_| server.greeted()).collect();
-    let pids: BTreeSet<i32> = clients.iter().map(served_by).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
     assert_eq!(pids.len(), 50, "fifty serving processes");
-    let first_id = client_id(&mut clients[0]);
-    let last_id = client_id(&mut clients[49]);
+    let first_id = clients[0].client_id();
+    let last_id = clients[49].client_id();
     assert_eq!(clients[0].request("SAY to all fifty"), "OK");
     assert_eq!(clients[49].request("SAY and back"), "OK");
     for (i, client) in clients.iter_mut().enumerate() {
@@ -346,9 +318,9 @@ fn a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
     let mut sender = server.greeted();
     let mut sleeper = server.greeted();
     let mut awake = server.greeted();
-    let sender_id = client_id(&mut sender);
-    let sleeper_id = client_id(&mut sleeper);
-    client_id(&mut awake);
+    let sender_id = sender.client_id();
+    let sleeper_id = sleeper.client_id();
+    awake.client_id();
     // The sleeper's child blocks in SLEEP and does not empty its queue (2 messages) meanwhile.
     // Both lines in one write: once ECHO is answered, the child goes straight on to the SLEEP
     // it has already read, without looking at its queue in between.
@@ -398,7 +370,7 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
     let mut a = server.greeted();
     let mut b = server.greeted();
     let mut doomed = server.greeted();
-    let doomed_pid = served_by(&doomed);
+    let doomed_pid = doomed.serving_pid();
     let doomed_queue = format!("/netlabs-ipc-{}-child-{doomed_pid}", server.pid());
     assert!(queue_exists(&doomed_queue));
     assert_eq!(a.request("INCR"), "OK 1");
@@ -424,7 +396,7 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
     // The counter goes on where it was, and the chat still works between the survivors.
     assert_eq!(b.request("INCR"), "OK 3");
     assert_eq!(a.request("INCR"), "OK 4");
-    let a_id = client_id(&mut a);
+    let a_id = a.client_id();
     assert_eq!(a.request("SAY still here"), "OK");
     assert_eq!(b.next_message(), Ok(format!("MSG {a_id} still here")));
 }
@@ -439,7 +411,7 @@ fn stops_cleanly_on(signal: Signal) {
     assert_eq!(queues.len(), 3);
     assert!(queues.iter().all(|q| queue_exists(q)));
     assert_eq!(shm_objects_of(server.pid()).len(), 1);
-    let pids: Vec<i32> = clients.iter().map(served_by).collect();
+    let pids: Vec<i32> = clients.iter().map(Client::serving_pid).collect();
 
     let status = server.stop_with(signal, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "exit status after {signal}");
@@ -468,7 +440,7 @@ fn stops_cleanly_on(signal: Signal) {
     }
     assert_eq!(procfs::live_in_group(server.pid()), Vec::<i32>::new());
     assert!(
-        narrated(&server, "removed shared memory"),
+        server.narrates("removed shared memory"),
         "{}",
         server.stderr()
     );
@@ -513,10 +485,10 @@ fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
         assert!(!queue_exists(queue), "{queue} was not cleaned up");
     }
     let removed = format!("removed stale shared memory /{}", shm[0]);
-    assert!(narrated(&next, &removed), "{}", next.stderr());
+    assert!(next.narrates(&removed), "{}", next.stderr());
     for queue in &queues {
         let removed = format!("removed stale message queue {queue}");
-        assert!(narrated(&next, &removed), "{}", next.stderr());
+        assert!(next.narrates(&removed), "{}", next.stderr());
     }
     // The new server has its own, fresh counter.
     let mut c = next.greeted();
@@ -541,7 +513,7 @@ fn two_servers_side_by_side_share_nothing() {
     assert_eq!(b1.request("INCR"), "OK 3");
     assert_eq!(b2.request("INCR"), "OK 2");
 
-    let a2_id = client_id(&mut a2);
+    let a2_id = a2.client_id();
     assert_eq!(a2.request("SAY only for server two"), "OK");
     assert_eq!(
         b2.next_message(),
@@ -549,7 +521,7 @@ fn two_servers_side_by_side_share_nothing() {
     );
     assert!(got_no_message(&mut a1));
     assert!(got_no_message(&mut b1));
-    let a1_id = client_id(&mut a1);
+    let a1_id = a1.client_id();
     assert_eq!(a1.request("SAY only for server one"), "OK");
     assert_eq!(
         b1.next_message(),
@@ -567,30 +539,19 @@ fn each_child_keeps_only_what_it_needs() {
     let mut a = server.greeted();
     let mut b = server.greeted();
     let mut c = server.greeted();
-    client_id(&mut b);
-    client_id(&mut c);
-    let child = served_by(&a);
-    let parent_links = fd_links(server.pid());
-    let child_links = fd_links(child);
+    b.client_id();
+    c.client_id();
+    let child = a.serving_pid();
+    let parent_sockets = procfs::sockets_of(server.pid());
+    let child_sockets = procfs::sockets_of(child);
     // The child closed its copy of the listening socket: it shares no socket with the parent.
-    let sockets = |links: &BTreeSet<String>| -> BTreeSet<String> {
-        links
-            .iter()
-            .filter(|l| l.starts_with("socket:"))
-            .cloned()
-            .collect()
-    };
     assert_eq!(
-        sockets(&parent_links).len(),
+        parent_sockets.len(),
         1,
         "the parent holds only the listener"
     );
-    assert_eq!(
-        sockets(&child_links).len(),
-        1,
-        "the child holds only its client"
-    );
-    assert!(sockets(&child_links).is_disjoint(&sockets(&parent_links)));
+    assert_eq!(child_sockets.len(), 1, "the child holds only its client");
+    assert!(child_sockets.is_disjoint(&parent_sockets));
     // Sending opens the other children's queues and closes them again: no descriptor piles up.
     let before = procfs::fd_count(child);
     for i in 0..20 {
@@ -598,17 +559,12 @@ fn each_child_keeps_only_what_it_needs() {
     }
     assert_eq!(messages(&mut b, 20).len(), 20);
     assert_eq!(messages(&mut c, 20).len(), 20);
-    assert_eq!(procfs::fd_count(child), before, "{:?}", fd_links(child));
-}
-
-fn fd_links(pid: i32) -> BTreeSet<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .map(|target| target.to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    assert_eq!(
+        procfs::fd_count(child),
+        before,
+        "{:?}",
+        procfs::fd_links(child)
+    );
 }
 
 #[test]
@@ -632,14 +588,7 @@ fn max_children_makes_further_clients_wait_in_the_accept_queue() {
 #[test]
 fn the_demo_shows_separate_pids_sharing_one_counter_and_one_chat() {
     let _lock = startup_lock(false);
-    let mut command = Command::new(binary(SERVER));
-    command.args(["--demo", "3"]);
-    let (status, stdout, _) = run_with_timeout(command, Duration::from_secs(60));
-    assert!(status.success(), "{stdout}");
-    assert!(
-        stdout.contains("server stopped with SIGTERM: exit status: 0"),
-        "{stdout}"
-    );
+    let Demo { stdout, .. } = run_demo(SERVER, 3);
     let pids: BTreeSet<&str> = stdout
         .lines()
         .filter_map(|l| l.split("<- HELLO ipc pid=").nth(1)?.split(' ').next())
@@ -666,7 +615,7 @@ fn an_idle_timeout_ends_a_silent_client_even_while_messages_arrive() {
     let server = start(&["--idle-timeout", "1"]);
     let mut silent = server.greeted();
     let mut talker = server.greeted();
-    client_id(&mut talker);
+    talker.client_id();
     // The talker says something every 200 ms for 4 s (or until the silent client is let go).
     let done = Arc::new(AtomicBool::new(false));
     let talking = {

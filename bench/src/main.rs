@@ -348,16 +348,40 @@ fn run(args: RunArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
+    // Every server runs for the whole sweep (an idle server costs nothing), taking turns.
+    let mut running = Vec::new();
     for (target, path) in &runnable {
-        if let Err(e) = measure(&plan, target, path, &runtime, &bar, &mut results) {
-            bar.println(format!("bench: {}: {e:#}", target.name));
-            results.skipped.push(Skipped {
-                target: target.name.into(),
-                reason: format!("{e:#}"),
-            });
+        bar.set_message(format!("{}: starting", target.name));
+        match start(&plan, target, path) {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                bar.println(format!("bench: skipping {}: {e:#}", target.name));
+                bar.inc(plan.steps(target));
+                results.skipped.push(Skipped {
+                    target: target.name.into(),
+                    reason: format!("{e:#}"),
+                });
+            }
         }
     }
+    sweep(&plan, &mut running, &runtime, &bar, &mut results);
+    for r in running {
+        finish(&plan, r, &bar, &mut results);
+    }
     bar.finish_and_clear();
+    // Tables by target (in the order of the target list), then concurrency.
+    let order = |name: &str| {
+        plan.targets
+            .iter()
+            .position(|t| t.name == name)
+            .unwrap_or(usize::MAX)
+    };
+    results
+        .timed
+        .sort_by_key(|r| (r.workload != "echo", order(&r.target), r.concurrency));
+    results
+        .idle
+        .sort_by_key(|r| (order(&r.target), r.concurrency));
     eprintln!(
         "bench: measured in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -374,20 +398,51 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts one target, runs every workload at every level against it, checks it for leaks and
-/// stops it.
-fn measure(
-    plan: &Plan,
-    target: &Target,
-    path: &std::path::Path,
-    runtime: &tokio::runtime::Runtime,
-    bar: &ProgressBar,
-    results: &mut Results,
-) -> Result<()> {
-    let name = target.name.to_string();
-    bar.set_message(format!("{name}: starting"));
+/// A server being measured.
+struct Running {
+    target: Target,
+    server: ServerProcess,
+    /// Its process tree right after startup: the leak check's reference.
+    baseline: Footprint,
+    /// Points where the tree did not come back to the baseline in time.
+    notes: Vec<String>,
+    /// Why it stopped being measured (it crashed), if it did.
+    failed: Option<String>,
+    /// Something the reader of the results must know about how it was run.
+    remark: Option<String>,
+}
+
+impl Running {
+    /// Waits for the tree to come back to the baseline; notes it if it does not.
+    fn back_to_baseline(&mut self, plan: &Plan, when: &str) {
+        let pid = self.server.pid;
+        if !wait_for_baseline(pid, &self.baseline, plan.settle) {
+            let now = procfs::footprint(pid, false);
+            self.notes
+                .push(format!("after {when}: {}", diff(&self.baseline, &now)));
+        }
+    }
+
+    /// After a workload: is it still alive? A crash takes it out of the rest of the sweep.
+    fn check(&mut self, plan: &Plan, when: &str, bar: &ProgressBar) {
+        match self.server.check_alive() {
+            Ok(()) => self.back_to_baseline(plan, when),
+            Err(e) => {
+                bar.println(format!(
+                    "bench: {} crashed during {when}: {e:#}",
+                    self.target.name
+                ));
+                self.failed = Some(format!("crashed during {when}: {e:#}"));
+            }
+        }
+    }
+}
+
+/// Starts one target with the shared flags (and its client cap set above the sweep's needs),
+/// and waits for its tree to settle.
+fn start(plan: &Plan, target: &Target, path: &std::path::Path) -> Result<Running> {
     // A safety cap on clients (e.g. fork-server --max-children) must not be what we measure.
-    let cap = plan
+    let needed = plan
         .levels
         .iter()
         .max()
@@ -397,52 +452,84 @@ fn measure(
             plan.c10k_connections
         } else {
             0
-        })
-        + 64;
-    let cap_args = if target.package.is_some() {
-        targets::cap_args(&targets::help_text(path), cap)
+        });
+    let help = if target.package.is_some() {
+        targets::help_text(path)
     } else {
-        Vec::new()
+        String::new()
     };
-    let mut args = target.args.clone();
-    args.extend(["--port", "0", "--quiet", "--backlog"].map(String::from));
-    args.push(plan.backlog.to_string());
-    args.extend(cap_args);
-    let mut server = ServerProcess::start(path, &args)?;
-    let pid = server.pid;
-    let baseline = settle(pid, plan.settle);
-    let mut notes = Vec::new();
-    let back = |when: &str, notes: &mut Vec<String>| {
-        if !wait_for_baseline(pid, &baseline, plan.settle) {
-            let now = procfs::footprint(pid, false);
-            notes.push(format!("after {when}: {}", diff(&baseline, &now)));
+    let mut cap = needed + 64;
+    loop {
+        let mut args = target.args.clone();
+        args.extend(["--port", "0", "--quiet", "--backlog"].map(String::from));
+        args.push(plan.backlog.to_string());
+        args.extend(targets::cap_args(&help, cap));
+        match ServerProcess::start(path, &args) {
+            Ok(server) => {
+                let baseline = settle(server.pid, plan.settle);
+                let mut running = Running {
+                    target: target.clone(),
+                    server,
+                    baseline,
+                    notes: Vec::new(),
+                    failed: None,
+                    remark: None,
+                };
+                if cap < needed {
+                    running.remark = Some(format!(
+                        "{} was started with its client cap at {cap}, the highest it accepts: fewer than the {needed} connections of the sweep",
+                        target.name
+                    ));
+                }
+                return Ok(running);
+            }
+            // The server refuses so high a cap (clap: "invalid value '1064' for '--max-children
+            // <N>': 1064 is not in 1..=128"): use the highest it accepts, and say so.
+            Err(e) => match targets::highest_accepted(&format!("{e:#}")) {
+                Some(highest) if highest < cap => cap = highest,
+                _ => return Err(e),
+            },
         }
-    };
+    }
+}
 
-    // Idle first, while the server is fresh: its memory per connection is then not blurred by
-    // what earlier workloads left allocated.
+/// Runs every workload at every level against every running server. The targets take turns at
+/// each point (and each repeat), so that a burst of load from elsewhere on the machine hits
+/// them alike instead of spoiling one target's whole sweep.
+fn sweep(
+    plan: &Plan,
+    running: &mut [Running],
+    runtime: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+    results: &mut Results,
+) {
+    // Idle first, while the servers are fresh: memory per connection is then not blurred by what
+    // earlier workloads left allocated.
     if plan.workloads.contains(&Workload::Idle) {
         for &c in &plan.levels {
-            bar.set_message(format!("{name}: idle C={c}"));
-            let before = procfs::footprint(pid, true);
-            let held = runtime.block_on(load::hold(server.addr, pid, c, None, plan.stall));
-            let greeted = held.greeted;
-            let per =
-                |h: u64, b: u64| (greeted > 0).then(|| (h as f64 - b as f64) / greeted as f64);
-            results.idle.push(IdleRow {
-                target: name.clone(),
-                concurrency: c,
-                greeted,
-                baseline: before,
-                held: held.footprint,
-                rss_kib_per_conn: per(held.footprint.rss_kib, before.rss_kib),
-                pss_kib_per_conn: per(held.footprint.pss_kib, before.pss_kib),
-                errors: held.errors,
-                first_error: held.first_error.clone(),
-            });
-            bar.inc(1);
-            server.check_alive()?;
-            back(&format!("idle C={c}"), &mut notes);
+            for r in running.iter_mut().filter(|r| r.failed.is_none()) {
+                let name = r.target.name;
+                bar.set_message(format!("{name}: idle C={c}"));
+                let pid = r.server.pid;
+                let before = procfs::footprint(pid, true);
+                let held = runtime.block_on(load::hold(r.server.addr, pid, c, None, plan.stall));
+                let greeted = held.greeted;
+                let per =
+                    |h: u64, b: u64| (greeted > 0).then(|| (h as f64 - b as f64) / greeted as f64);
+                results.idle.push(IdleRow {
+                    target: name.into(),
+                    concurrency: c,
+                    greeted,
+                    baseline: before,
+                    held: held.footprint,
+                    rss_kib_per_conn: per(held.footprint.rss_kib, before.rss_kib),
+                    pss_kib_per_conn: per(held.footprint.pss_kib, before.pss_kib),
+                    errors: held.errors,
+                    first_error: held.first_error.clone(),
+                });
+                bar.inc(1);
+                r.check(plan, &format!("idle C={c}"), bar);
+            }
         }
     }
     for workload in [Workload::Echo, Workload::Connect] {
@@ -455,70 +542,96 @@ fn measure(
             "connect"
         };
         for &c in &plan.levels {
-            bar.set_message(format!("{name}: {word} C={c}"));
             // On a shared machine one run can be hit by someone else's build: with --repeat N,
-            // run N times and keep the run of median throughput (all its figures together).
-            let mut runs = Vec::new();
-            for round in 0..plan.repeat {
-                if round > 0 {
-                    back(&format!("{word} C={c}"), &mut notes);
-                }
-                let timed = runtime.block_on(async {
-                    match workload {
-                        Workload::Echo => {
-                            load::echo(server.addr, pid, c, plan.size, plan.duration, plan.stall)
-                                .await
-                        }
-                        _ => load::connect(server.addr, pid, c, plan.size, plan.duration).await,
+            // each target runs N times (in turns) and keeps its run of median throughput.
+            let mut runs: Vec<Vec<TimedRow>> = vec![Vec::new(); running.len()];
+            for _round in 0..plan.repeat {
+                for (i, r) in running.iter_mut().enumerate() {
+                    if r.failed.is_some() {
+                        continue;
                     }
-                });
-                runs.push(timed_row(&name, word, c, &timed));
-                server.check_alive()?;
+                    let (name, addr, pid) = (r.target.name, r.server.addr, r.server.pid);
+                    bar.set_message(format!("{name}: {word} C={c}"));
+                    let timed = runtime.block_on(async {
+                        match workload {
+                            Workload::Echo => {
+                                load::echo(addr, pid, c, plan.size, plan.duration, plan.stall).await
+                            }
+                            _ => load::connect(addr, pid, c, plan.size, plan.duration).await,
+                        }
+                    });
+                    runs[i].push(timed_row(name, word, c, &timed));
+                    r.check(plan, &format!("{word} C={c}"), bar);
+                }
             }
-            runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
-            let mut row = runs.swap_remove(runs.len() / 2);
-            row.runs = plan.repeat;
-            results.timed.push(row);
-            bar.inc(1);
-            back(&format!("{word} C={c}"), &mut notes);
+            for mut target_runs in runs {
+                if target_runs.is_empty() {
+                    continue;
+                }
+                target_runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+                let n = target_runs.len() as u32;
+                let mut row = target_runs.swap_remove(target_runs.len() / 2);
+                row.runs = n;
+                results.timed.push(row);
+                bar.inc(1);
+            }
         }
     }
-    if plan.runs_c10k(target) {
-        let n = plan.c10k_connections;
-        bar.set_message(format!("{name}: C10K ({n} connections)"));
-        let before = procfs::footprint(pid, true);
-        let held = runtime.block_on(load::hold(
-            server.addr,
-            pid,
-            n,
-            Some(plan.size),
-            plan.stall.max(Duration::from_secs(2)),
-        ));
-        results.c10k.push(C10kRow {
-            target: name.clone(),
-            connections: n,
-            greeted: held.greeted,
-            echoed: held.echoed,
-            seconds: held.elapsed.as_secs_f64(),
-            held: held.footprint,
-            rss_kib_per_conn: (held.echoed > 0).then(|| {
-                (held.footprint.rss_kib as f64 - before.rss_kib as f64) / held.echoed as f64
-            }),
-            errors: held.errors,
-            first_error: held.first_error.clone(),
-            passed: held.echoed == n && held.errors == 0,
-        });
-        bar.inc(1);
-        server.check_alive()?;
-        back("C10K", &mut notes);
+    if plan.workloads.contains(&Workload::C10k) {
+        for r in running
+            .iter_mut()
+            .filter(|r| r.failed.is_none() && plan.runs_c10k(&r.target))
+        {
+            let (name, n, pid) = (r.target.name, plan.c10k_connections, r.server.pid);
+            bar.set_message(format!("{name}: C10K ({n} connections)"));
+            let before = procfs::footprint(pid, true);
+            let held = runtime.block_on(load::hold(
+                r.server.addr,
+                pid,
+                n,
+                Some(plan.size),
+                plan.stall.max(Duration::from_secs(2)),
+            ));
+            results.c10k.push(C10kRow {
+                target: name.into(),
+                connections: n,
+                greeted: held.greeted,
+                echoed: held.echoed,
+                seconds: held.elapsed.as_secs_f64(),
+                held: held.footprint,
+                rss_kib_per_conn: (held.echoed > 0).then(|| {
+                    (held.footprint.rss_kib as f64 - before.rss_kib as f64) / held.echoed as f64
+                }),
+                errors: held.errors,
+                first_error: held.first_error.clone(),
+                passed: held.echoed == n && held.errors == 0,
+            });
+            bar.inc(1);
+            r.check(plan, "C10K", bar);
+        }
     }
+}
 
-    // The leak check: everything back to what the server held right after startup.
-    let back_to_baseline = wait_for_baseline(pid, &baseline, plan.settle);
+/// The leak check (everything back to what the server held right after startup), then SIGTERM
+/// and its exit status.
+fn finish(plan: &Plan, r: Running, bar: &ProgressBar, results: &mut Results) {
+    let name = r.target.name.to_string();
+    if let Some(remark) = r.remark {
+        results.meta.notes.push(remark);
+    }
+    if let Some(reason) = r.failed {
+        results.skipped.push(Skipped {
+            target: name,
+            reason,
+        });
+        return;
+    }
+    let pid = r.server.pid;
+    let back_to_baseline = wait_for_baseline(pid, &r.baseline, plan.settle);
     let after = procfs::footprint(pid, false);
-    let stderr_bytes = server.stderr_bytes();
+    let stderr_bytes = r.server.stderr_bytes();
     bar.set_message(format!("{name}: stopping (SIGTERM)"));
-    let (stop, clean_exit) = server.stop(Duration::from_secs(10));
+    let (stop, clean_exit) = r.server.stop(Duration::from_secs(10));
     if !back_to_baseline || !clean_exit {
         bar.println(format!(
             "bench: {name}: back to baseline: {back_to_baseline}; {stop}"
@@ -526,15 +639,14 @@ fn measure(
     }
     results.leaks.push(LeakRow {
         target: name,
-        baseline,
+        baseline: r.baseline,
         after,
         back_to_baseline,
-        notes,
+        notes: r.notes,
         stop,
         clean_exit,
         stderr_bytes,
     });
-    Ok(())
 }
 
 fn timed_row(target: &str, workload: &str, c: usize, t: &load::Timed) -> TimedRow {

@@ -266,6 +266,15 @@ pub fn cap_args(help: &str, value: usize) -> Vec<String> {
     args
 }
 
+/// From clap's complaint about a value out of range ("... 1064 is not in 1..=128"), the highest
+/// value it accepts.
+pub fn highest_accepted(message: &str) -> Option<usize> {
+    let range = message.split("is not in ").nth(1)?;
+    let high = range.split("..=").nth(1)?;
+    let digits: String = high.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +284,13 @@ mod tests {
         let help = "Options:\n      --max-children <N>  most children\n      --quiet\n";
         assert_eq!(cap_args(help, 1100), vec!["--max-children", "1100"]);
         assert!(cap_args("--max-childrenx", 5).is_empty());
+    }
+
+    #[test]
+    fn the_highest_accepted_value_is_read_from_clap() {
+        let e = "error: invalid value '1064' for '--max-children <N>': 1064 is not in 1..=128\n";
+        assert_eq!(highest_accepted(e), Some(128));
+        assert_eq!(highest_accepted("cannot listen"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!   [`client=` id](Client::client_id), [which process serves it](Client::serving_pid).
 //! - [`run_binary`], [`run_demo`], [`run_client`] (and [`spawn_client`]) run a lab's binaries
 //!   as a user would: `--help` and bad usage, the `--demo N` walkthrough, the line client fed
-//!   from stdin.
+//!   from stdin; [`help_listing`] checks what `--help` lists.
 //! - [`procfs`] reads the observable truth: parents, threads, descriptors, zombies, the backlog.
 //!
 //! Every wait here is bounded. Nothing forks inside the test process (we only spawn).
@@ -392,6 +392,27 @@ pub fn run_binary(binary_name: &str, args: &[&str]) -> (ExitStatus, String, Stri
     let mut command = Command::new(binary(binary_name));
     command.args(args);
     run_with_timeout(command, RUN_TIMEOUT)
+}
+
+/// The flags every lab's server takes (the contract's shared command line).
+pub const SHARED_FLAGS: &[&str] = &[
+    "--host",
+    "--port",
+    "--backlog",
+    "--allow-panic",
+    "--quiet",
+    "--demo",
+];
+
+/// Runs `binary_name --help`, checks that it succeeds and that its text contains each of
+/// `needles` (flags, `[default: ...]` values), and returns the text for any further check.
+pub fn help_listing(binary_name: &str, needles: &[&str]) -> String {
+    let (status, stdout, stderr) = run_binary(binary_name, &["--help"]);
+    assert!(status.success(), "{binary_name} --help: {status}\n{stderr}");
+    for needle in needles {
+        assert!(stdout.contains(needle), "--help lacks {needle}:\n{stdout}");
+    }
+    stdout
 }
 
 /// What a `--demo N` run printed.

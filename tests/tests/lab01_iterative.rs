@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{procfs, run_binary, run_client, run_demo, wait_until, Client, Demo, Server};
+use tests::{
+    help_listing, procfs, run_binary, run_client, run_demo, wait_until, Client, Demo, Server,
+    SHARED_FLAGS,
+};
 
 const SERVER: &str = "iterative-server";
 
@@ -217,19 +220,7 @@ fn a_port_in_use_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_lists_the_shared_flags() {
-    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
-    assert!(status.success());
-    for flag in [
-        "--host",
-        "--port",
-        "--backlog",
-        "--allow-panic",
-        "--quiet",
-        "--demo",
-    ] {
-        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
-    }
-    assert!(stdout.contains("[default: 7001]"), "{stdout}");
+    help_listing(SERVER, &[SHARED_FLAGS, &["[default: 7001]"]].concat());
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{procfs, run_binary, run_demo, spawn_client, wait_until, Client, Demo, Server};
+use tests::{
+    help_listing, procfs, run_binary, run_demo, spawn_client, wait_until, Client, Demo, Server,
+};
 
 const SERVER: &str = "thread-server";
 
@@ -299,7 +301,11 @@ fn max_clients_refuses_the_next_one_politely() {
     let mut third = server.connect();
     assert_eq!(third.read_line().as_deref(), Ok("ERR server full"));
     assert!(third.closes());
-    assert!(server.narrates_within("refused client 3", NARRATION), "{}", server.stderr());
+    assert!(
+        server.narrates_within("refused client 3", NARRATION),
+        "{}",
+        server.stderr()
+    );
 
     // Once one leaves (and its thread has ended), there is room again.
     assert_eq!(first.request("QUIT"), "OK bye");
@@ -343,7 +349,10 @@ fn sigterm_and_sigint_exit_zero_promptly_with_clients_connected() {
         );
         assert_eq!(sleeper.read_reply().as_deref(), Ok("BYE"), "{signal}");
         assert!(sleeper.closes(), "{signal}: the sleeper was closed too");
-        assert!(server.narrates_within("woke 4 client(s)", NARRATION), "{signal}");
+        assert!(
+            server.narrates_within("woke 4 client(s)", NARRATION),
+            "{signal}"
+        );
     }
 }
 
@@ -398,17 +407,16 @@ fn a_silent_client_gets_bye_idle_while_the_others_are_served() {
 
 #[test]
 fn help_documents_the_lab_flags() {
-    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
-    assert!(status.success());
-    for flag in [
-        "--pool",
-        "--max-clients",
-        "--allow-panic",
-        "--demo",
-        "[default: 7003]",
-    ] {
-        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
-    }
+    help_listing(
+        SERVER,
+        &[
+            "--pool",
+            "--max-clients",
+            "--allow-panic",
+            "--demo",
+            "[default: 7003]",
+        ],
+    );
     let (status, _, stderr) = run_binary(SERVER, &["--pool", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 }

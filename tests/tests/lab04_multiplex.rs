@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use socket2::{Domain, Socket, Type};
-use tests::{procfs, run_binary, run_demo, run_with_timeout, wait_until, Client, Demo, Server};
+use tests::{
+    help_listing, procfs, run_binary, run_demo, run_with_timeout, wait_until, Client, Demo, Server,
+};
 
 const SERVER: &str = "multiplex-server";
 
@@ -248,11 +250,7 @@ fn panic_closes_every_connection(args: &[&str]) {
         .wait_exit(Duration::from_secs(10))
         .expect("the server process is gone");
     assert!(!status.success(), "{status}");
-    assert!(
-        server.narrates("panicked"),
-        "{}",
-        server.stderr()
-    );
+    assert!(server.narrates("panicked"), "{}", server.stderr());
 }
 
 /// A client that floods requests and never reads its replies is cut off at the output cap; the
@@ -425,10 +423,7 @@ fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
         firsts[..greeted].iter().all(|l| l.starts_with("HELLO ")),
         "the refused ones are the last to connect"
     );
-    assert!(
-        server.narrates("FD_SETSIZE"),
-        "narrated"
-    );
+    assert!(server.narrates("FD_SETSIZE"), "narrated");
     for refused_client in &mut clients[greeted..] {
         assert!(refused_client.closes(), "a refused client is closed");
     }
@@ -528,15 +523,20 @@ fn a_port_in_use_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_documents_the_lab_flags() {
-    let (status, stdout, _) = run_binary(SERVER, &["--help"]);
-    assert!(status.success());
-    for flag in [
-        "--api", "select", "poll", "epoll", "--edge", "--trace", "--demo",
-    ] {
-        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
-    }
-    assert!(stdout.contains("[default: 7004]"), "{stdout}");
-    assert!(stdout.contains("[default: epoll]"), "{stdout}");
+    help_listing(
+        SERVER,
+        &[
+            "--api",
+            "select",
+            "poll",
+            "epoll",
+            "--edge",
+            "--trace",
+            "--demo",
+            "[default: 7004]",
+            "[default: epoll]",
+        ],
+    );
 }
 
 #[test]

@@ -422,9 +422,9 @@ pub struct Demo {
     pub stdout: String,
     /// Its whole stderr (the server's narration).
     pub stderr: String,
-    /// Each `(waited N ms)` of the walkthrough, in order: how long each client waited for its
-    /// `HELLO`.
-    pub waits_ms: Vec<u64>,
+    /// Each `(waited N ms)` of the walkthrough, in order: how long, in milliseconds, each client
+    /// waited for its `HELLO`.
+    pub waits: Vec<u64>,
 }
 
 /// Runs `binary_name --demo <clients>` (at most [`DEMO_TIMEOUT`]) and checks what every lab's
@@ -439,7 +439,7 @@ pub fn run_demo(binary_name: &str, clients: usize) -> Demo {
         stdout.contains("server stopped with SIGTERM: exit status: 0"),
         "{stdout}"
     );
-    let waits_ms = stdout
+    let waits = stdout
         .lines()
         .filter_map(|l| {
             l.split("(waited ")
@@ -453,7 +453,7 @@ pub fn run_demo(binary_name: &str, clients: usize) -> Demo {
     Demo {
         stdout,
         stderr,
-        waits_ms,
+        waits,
     }
 }
 

@@ -245,11 +245,7 @@ fn the_client_sends_stdin_lines_and_prints_replies() {
 
 #[test]
 fn the_demo_shows_each_client_waiting_for_the_one_before() {
-    let Demo {
-        stdout,
-        waits_ms: waits,
-        ..
-    } = run_demo(SERVER, 3);
+    let Demo { stdout, waits, .. } = run_demo(SERVER, 3);
     assert_eq!(waits.len(), 3, "{stdout}");
     // Each client does a SLEEP 500 before QUIT, so each waits longer than the one before.
     assert!(

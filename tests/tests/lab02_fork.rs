@@ -413,11 +413,7 @@ fn the_client_sends_stdin_lines_and_prints_replies() {
 
 #[test]
 fn the_demo_shows_every_client_greeted_at_once_by_its_own_pid() {
-    let Demo {
-        stdout,
-        waits_ms: waits,
-        ..
-    } = run_demo(SERVER, 3);
+    let Demo { stdout, waits, .. } = run_demo(SERVER, 3);
     assert_eq!(waits.len(), 3, "{stdout}");
     // Each client SLEEPs 1,500 ms; nobody waits for another's SLEEP to be greeted.
     assert!(

@@ -423,11 +423,7 @@ fn help_documents_the_lab_flags() {
 
 #[test]
 fn the_demo_shows_one_pid_and_a_thread_per_client() {
-    let Demo {
-        stdout,
-        waits_ms: waits,
-        ..
-    } = run_demo(SERVER, 3);
+    let Demo { stdout, waits, .. } = run_demo(SERVER, 3);
     let greetings: Vec<tests::Served> = stdout
         .lines()
         .filter_map(|l| tests::parse_served(l.split("<- ").nth(1)?.split("   (").next()?))

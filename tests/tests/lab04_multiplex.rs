@@ -544,7 +544,7 @@ fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
     let Demo {
         stdout,
         stderr,
-        waits_ms: waits,
+        waits,
     } = run_demo(SERVER, 3);
     let summary = stdout.split("== summary ==").nth(1).unwrap_or("");
     let served: Vec<&str> = summary

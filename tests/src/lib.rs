@@ -42,6 +42,8 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Server::narrates`] waits for a line of narration to reach the test.
 pub const NARRATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Server::accept_queue_reaches`] waits for the kernel to queue connections.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The cargo package that ships each binary (the contract's table).
 fn package_of(binary: &str) -> Option<&'static str> {
@@ -303,6 +305,15 @@ impl Server {
     /// may reach the test a moment after the reply: wait for it rather than read it once.
     pub fn narrates(&self, text: &str) -> bool {
         self.narrates_within(text, NARRATION_TIMEOUT)
+    }
+
+    /// True once its listening socket's accept queue (Recv-Q in `ss -ltn`) holds `count`
+    /// connections that the kernel completed and the server has not accepted, waiting at most
+    /// [`QUEUE_TIMEOUT`]. Panics if `ss` cannot tell.
+    pub fn accept_queue_reaches(&self, count: u32) -> bool {
+        wait_until(QUEUE_TIMEOUT, || {
+            procfs::listen_queue(self.port()).unwrap().0 == count
+        })
     }
 
     /// Like [`narrates`](Self::narrates), waiting at most `timeout`.
@@ -692,6 +703,16 @@ impl Client {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// Reads lines until the connection closes (or a read times out) and returns the last one
+    /// (empty if none came): what the client was told last, such as `BYE`.
+    pub fn last_line(&mut self) -> String {
+        let mut last = String::new();
+        while let Ok(line) = self.read_line() {
+            last = line;
+        }
+        last
     }
 
     /// Shuts down our sending side (half-close): the server sees end of stream.

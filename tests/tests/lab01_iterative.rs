@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tests::{
-    help_listing, procfs, run_binary, run_client, run_demo, wait_until, Client, Demo, Server,
-    SHARED_FLAGS,
+    help_listing, procfs, run_binary, run_client, run_demo, Client, Demo, Server, SHARED_FLAGS,
 };
 
 const SERVER: &str = "iterative-server";
@@ -100,11 +99,7 @@ fn the_backlog_is_what_listen_was_given_and_the_queue_fills_up() {
     let queued: Vec<Client> = (0..3).map(|_| server.connect()).collect();
     // The kernel completes the handshakes and queues them; Recv-Q counts them.
     assert!(
-        wait_until(Duration::from_secs(5), || procfs::listen_queue(
-            server.port()
-        )
-        .unwrap()
-        .0 == 3),
+        server.accept_queue_reaches(3),
         "Recv-Q should show 3 clients waiting, got {:?}",
         procfs::listen_queue(server.port())
     );

@@ -178,11 +178,11 @@ fn sigterm_and_sigint_stop_every_child_and_exit_zero() {
         assert!(idle.closes());
         assert_eq!(busy.read_line().as_deref(), Ok("BYE"));
         // The SLEEP is cut short by the stop; the last line is BYE.
-        let mut last = String::new();
-        while let Ok(line) = sleeping.read_line() {
-            last = line;
-        }
-        assert_eq!(last, "BYE", "{signal}: the sleeping client is told");
+        assert_eq!(
+            sleeping.last_line(),
+            "BYE",
+            "{signal}: the sleeping client is told"
+        );
         for pid in pids {
             // Gone, not even a zombie. (Or, if the kernel already gave its pid to some
             // unrelated new process, that one is not in the server's process group.)
@@ -322,11 +322,7 @@ fn max_children_two_holds_the_third_client_back_until_one_leaves() {
     let mut third = server.connect();
     // The third is not accepted: it waits in the accept queue, where `ss` counts it.
     assert!(
-        wait_until(Duration::from_secs(5), || procfs::listen_queue(
-            server.port()
-        )
-        .unwrap()
-        .0 == 1),
+        server.accept_queue_reaches(1),
         "Recv-Q should show the third client waiting, got {:?}",
         procfs::listen_queue(server.port())
     );

@@ -416,11 +416,7 @@ fn stops_cleanly_on(signal: Signal) {
     let status = server.stop_with(signal, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "exit status after {signal}");
     for client in &mut clients {
-        let mut last = String::new();
-        while let Ok(line) = client.read_line() {
-            last = line;
-        }
-        assert_eq!(last, "BYE", "each client is told");
+        assert_eq!(client.last_line(), "BYE", "each client is told");
     }
     assert_eq!(
         shm_objects_of(server.pid()),

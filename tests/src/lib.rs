@@ -5,7 +5,10 @@
 //!   and finds them through cargo's JSON messages, so a plain `cargo test` on a clean checkout
 //!   never runs a stale or missing binary.
 //! - [`Server`] starts a server with `--port 0`, reads its `listening on` line, keeps its stderr,
-//!   and on drop kills its whole process group (forked children too) and reaps it.
+//!   and on drop kills its whole process group (forked children too) and reaps it. It also waits
+//!   for what the tests watch (its [narration](Server::narrates), its
+//!   [accept queue](Server::accept_queue_reaches)) and lists its
+//!   [live children](Server::live_children).
 //! - [`Client`] speaks the protocol with a timeout on every read, and answers the questions the
 //!   labs' tests all ask of it: is it [still waiting](Client::still_waiting), what is its
 //!   [`client=` id](Client::client_id), [which process serves it](Client::serving_pid).

@@ -153,7 +153,7 @@ fn bad_input_gets_the_contract_answer_and_the_next_client_is_served() {
     let mut after = server.greeted();
     assert_eq!(after.request("INCR"), "OK 1");
     assert!(
-        server.stderr().contains("in the middle of a line"),
+        server.narrates("in the middle of a line"),
         "narrated:\n{}",
         server.stderr()
     );

@@ -337,7 +337,7 @@ fn max_children_two_holds_the_third_client_back_until_one_leaves() {
     assert_ne!(hello.pid, second.serving_pid());
     assert_eq!(third.request("ECHO in"), "OK in");
     assert!(
-        server.stderr().contains("--max-children cap"),
+        server.narrates("--max-children cap"),
         "the wait is narrated:\n{}",
         server.stderr()
     );

@@ -13,14 +13,53 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::Model;
 
-/// What one demo client does: the request lines it sends, in order, one after another.
+/// What one demo client does: the request lines it sends, in order, one after another. Two
+/// lines are not sent but tell the demo client to wait, so that a demo does not depend on timing:
+///
+/// - [`TOGETHER`]: wait until every client has been greeted and reached this line (only for
+///   models that greet everyone at once: with lab01 it would wait forever, so it gives up after
+///   30 s);
+/// - `#messages N` ([`messages`]): wait until N `MSG` lines from other clients have arrived.
 pub type Script = Vec<String>;
+
+/// A script line: wait here until every demo client has reached it.
+pub const TOGETHER: &str = "#together";
+
+/// A script line: wait until `count` broadcasts (`MSG` lines) have arrived in all.
+pub fn messages(count: u32) -> String {
+    format!("#messages {count}")
+}
+
+/// How long a demo client waits at [`TOGETHER`] or for messages before giving up.
+const DEMO_WAIT: Duration = Duration::from_secs(30);
+
+/// A meeting point for the demo clients (a barrier that gives up after [`DEMO_WAIT`]).
+struct Meeting {
+    arrived: Mutex<u32>,
+    all_here: Condvar,
+    expected: u32,
+}
+
+impl Meeting {
+    /// Waits until `expected` clients arrived; false if it gave up.
+    fn arrive(&self) -> bool {
+        let mut arrived = self.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        *arrived += 1;
+        self.all_here.notify_all();
+        let (arrived, timeout) = self
+            .all_here
+            .wait_timeout_while(arrived, DEMO_WAIT, |n| *n < self.expected)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(arrived);
+        !timeout.timed_out()
+    }
+}
 
 /// Runs the demo for `model` with `clients` clients; `script(i)` gives client `i`'s requests
 /// (clients are numbered from 1). `intro` is printed first: one or two sentences saying what to
@@ -29,6 +68,11 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
     let (mut server, port) = start_server();
     let clock = Instant::now();
     let out = Arc::new(Mutex::new(()));
+    let meeting = Arc::new(Meeting {
+        arrived: Mutex::new(0),
+        all_here: Condvar::new(),
+        expected: clients,
+    });
     println!(
         "== demo: {model} server (pid {}) on 127.0.0.1:{port}, {clients} clients ==",
         server.id()
@@ -40,8 +84,9 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
     for i in 1..=clients {
         let lines = script(i);
         let out = Arc::clone(&out);
+        let meeting = Arc::clone(&meeting);
         handles.push(thread::spawn(move || {
-            run_client(i, port, lines, clock, &out)
+            run_client(i, port, lines, clock, &out, &meeting)
         }));
         thread::sleep(Duration::from_millis(100)); // so they connect in order
     }
@@ -71,7 +116,14 @@ struct Summary {
     greeting: Option<String>,
 }
 
-fn run_client(i: u32, port: u16, lines: Script, clock: Instant, out: &Mutex<()>) -> Summary {
+fn run_client(
+    i: u32,
+    port: u16,
+    lines: Script,
+    clock: Instant,
+    out: &Mutex<()>,
+    meeting: &Meeting,
+) -> Summary {
     let say = |what: String| {
         let _guard = out.lock().unwrap_or_else(|p| p.into_inner());
         println!("{:8.3}s  client {i}  {what}", clock.elapsed().as_secs_f64());
@@ -115,7 +167,40 @@ fn run_client(i: u32, port: u16, lines: Script, clock: Instant, out: &Mutex<()>)
             return summary;
         }
     }
+    let mut broadcasts = 0;
     for request in lines {
+        if request == TOGETHER {
+            say("waits until every client has been greeted".into());
+            if !meeting.arrive() {
+                say("gave up waiting for the others".into());
+            }
+            continue;
+        }
+        if let Some(count) = request
+            .strip_prefix("#messages ")
+            .and_then(|n| n.parse().ok())
+        {
+            if broadcasts < count {
+                say(format!(
+                    "waits for {} more broadcast(s)",
+                    count - broadcasts
+                ));
+            }
+            while broadcasts < count {
+                match read(&mut reader) {
+                    Some(line) if line.starts_with("MSG ") => {
+                        broadcasts += 1;
+                        say(format!("<- {line}   (a broadcast)"));
+                    }
+                    Some(line) => say(format!("<- {line}")),
+                    None => {
+                        say("stopped waiting: no more broadcasts came".into());
+                        return summary;
+                    }
+                }
+            }
+            continue;
+        }
         say(format!("-> {request}"));
         if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
             say("the server is gone".into());
@@ -124,7 +209,10 @@ fn run_client(i: u32, port: u16, lines: Script, clock: Instant, out: &Mutex<()>)
         // Lines that are not replies (MSG from other clients) may come first.
         loop {
             match read(&mut reader) {
-                Some(line) if line.starts_with("MSG ") => say(format!("<- {line}   (a broadcast)")),
+                Some(line) if line.starts_with("MSG ") => {
+                    broadcasts += 1;
+                    say(format!("<- {line}   (a broadcast)"));
+                }
                 Some(line) => {
                     say(format!("<- {line}"));
                     break;

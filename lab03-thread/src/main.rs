@@ -111,10 +111,12 @@ fn main() {
             |i| {
                 vec![
                     "WHO".into(),
-                    "SLEEP 800".into(),
+                    // Everyone is greeted at once: wait for the others, so all hear every SAY.
+                    common::demo::TOGETHER.into(),
+                    "SLEEP 300".into(),
                     "INCR".into(),
                     format!("SAY hello from client {i}"),
-                    "SLEEP 500".into(),
+                    common::demo::messages(clients - 1),
                     "QUIT".into(),
                 ]
             },

@@ -87,12 +87,13 @@ fn main() {
             |i| {
                 vec![
                     "WHO".into(),
-                    // Wait until every client is connected, so that they are all there to hear.
-                    format!("SLEEP {}", (clients - i) * 100 + 200),
+                    // Wait until every client is greeted (its child is listening on its queue),
+                    // so that they are all there to hear.
+                    common::demo::TOGETHER.into(),
                     "INCR".into(),
                     format!("SAY hello from client {i}"),
-                    // Meanwhile the others' messages wait in this child's queue.
-                    "SLEEP 200".into(),
+                    // The others' messages arrive in this child's queue; wait for them all.
+                    common::demo::messages(clients - 1),
                     "INCR".into(),
                     "QUIT".into(),
                 ]

@@ -139,6 +139,11 @@ struct RunArgs {
     #[arg(long)]
     stall: Option<f64>,
 
+    /// Do not measure: read the results.json of an earlier run and write its tables, CSV and
+    /// charts again into --out.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    replot: Option<PathBuf>,
+
     /// Run each echo and connect point N times and keep the run of median throughput (a shared
     /// machine is noisy).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
@@ -266,6 +271,21 @@ fn main() {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    if let Some(json) = &args.replot {
+        let text = std::fs::read_to_string(json)
+            .with_context(|| format!("cannot read {}", json.display()))?;
+        let results: Results = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a bench results.json", json.display()))?;
+        let out = args.out.clone().unwrap_or_else(|| {
+            targets::workspace_root()
+                .join("target")
+                .join("bench-results")
+        });
+        print!("{}", results.markdown());
+        let written = results.write(&out)?;
+        eprintln!("bench: wrote {}", written.join(", "));
+        return Ok(());
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let plan = Plan::from(args)?;
     let meta = report::Meta {

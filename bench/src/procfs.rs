@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The fields of `/proc/<pid>/stat` the bench reads.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +90,7 @@ pub fn tree_cpu_seconds(root: i32) -> f64 {
 }
 
 /// What a server's process tree holds at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Footprint {
     /// Processes in the tree that are not zombies.
     pub processes: u64,

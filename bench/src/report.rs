@@ -5,12 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procfs::Footprint;
 
 /// One measurement of a timed workload (`echo` or `connect`) at one concurrency.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimedRow {
     /// The target's short name.
     pub target: String,
@@ -51,7 +51,7 @@ pub struct TimedRow {
 }
 
 /// What holding `concurrency` idle connections cost a server.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IdleRow {
     /// The target.
     pub target: String,
@@ -74,7 +74,7 @@ pub struct IdleRow {
 }
 
 /// The C10K check.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct C10kRow {
     /// The target.
     pub target: String,
@@ -99,7 +99,7 @@ pub struct C10kRow {
 }
 
 /// The leak check and the stop of one target.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeakRow {
     /// The target.
     pub target: String,
@@ -120,7 +120,7 @@ pub struct LeakRow {
 }
 
 /// A target that was not measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Skipped {
     /// The target.
     pub target: String,
@@ -129,7 +129,7 @@ pub struct Skipped {
 }
 
 /// Everything one run measured.
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct Results {
     /// The command line, the machine, notes.
     pub meta: Meta,
@@ -148,7 +148,7 @@ pub struct Results {
 }
 
 /// Where and how the run was made.
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct Meta {
     /// The bench's own command line.
     pub command: String,
@@ -530,7 +530,9 @@ impl Results {
             let values: Vec<f64> = rows.iter().map(|r| value(r)).filter(|v| *v > 0.0).collect();
             let lo = values.iter().cloned().fold(f64::MAX, f64::min).min(1e9);
             let hi = values.iter().cloned().fold(1.0f64, f64::max);
-            let y_range = (lo.max(0.1) * 0.7)..(hi * 1.5);
+            // From the power of ten below the lowest point, so the axis has labels to read.
+            let floor = 10f64.powf((lo.max(0.1) * 0.7).log10().floor());
+            let y_range = floor..(hi * 1.5);
             let mut chart = ChartBuilder::on(panel)
                 .margin(15)
                 .caption(name, ("sans-serif", 18))

@@ -28,10 +28,12 @@ pub fn listen(args: &ServerArgs) -> TcpListener {
         .local_addr()
         .expect("a bound socket has an address");
     if !args.host.is_loopback() {
-        crate::narrate!(
-            "WARNING: listening on {} makes this lab server reachable from the network",
+        // Not narration: a security warning is shown even with --quiet.
+        crate::narrate::warn(format_args!(
+            "listening on {} makes this lab server reachable from the network; \
+             keep --host 127.0.0.1 unless you mean to let other machines in",
             args.host
-        );
+        ));
     }
     let mut stdout = io::stdout().lock();
     // If nobody reads our stdout any more, there is nobody to tell: ignore the error.

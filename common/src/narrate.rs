@@ -53,6 +53,16 @@ pub fn emit(args: fmt::Arguments<'_>) {
     if is_quiet() {
         return;
     }
+    write_line(args);
+}
+
+/// Writes a warning line to stderr, formatted like narration but shown even with `--quiet`:
+/// `--quiet` is for measurements, and must not hide that the server is exposed, for example.
+pub fn warn(args: fmt::Arguments<'_>) {
+    write_line(format_args!("WARNING: {args}"));
+}
+
+fn write_line(args: fmt::Arguments<'_>) {
     let elapsed = STARTED
         .get()
         .map(|t| t.elapsed().as_secs_f64())

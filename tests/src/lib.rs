@@ -662,6 +662,17 @@ impl Client {
         }
     }
 
+    /// Reads the next line as the server sent it, bytes and `\n` included (no `\r` trimmed, no
+    /// lossy decoding): for checking exactly what went over the wire. `Err` on timeout or close.
+    pub fn read_raw_line(&mut self) -> Result<Vec<u8>, String> {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(_) => Ok(line),
+            Err(e) => Err(format!("read failed: {e}")),
+        }
+    }
+
     /// Reads the next line that is not a `MSG` (those are kept in [`messages`](Self::messages)).
     pub fn read_reply(&mut self) -> Result<String, String> {
         loop {

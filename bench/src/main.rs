@@ -360,6 +360,23 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot build the load generator's runtime")?;
+    // Ctrl-C (or SIGTERM) stops the servers too: they are in their own process groups.
+    runtime.spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        server::kill_all();
+        eprintln!("\nbench: interrupted; the servers were killed, no results written");
+        std::process::exit(130);
+    });
     let total: u64 = runnable.iter().map(|(t, _)| plan.steps(t)).sum();
     let bar = ProgressBar::new(total);
     bar.set_style(

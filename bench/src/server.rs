@@ -18,6 +18,26 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+/// The process groups of the servers running now, so that an interrupted bench (Ctrl-C) can stop
+/// them: each server has its own process group (see [`ServerProcess::start`]), so the terminal's
+/// SIGINT does not reach it.
+static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Kills every running server's process group (for an interrupted bench).
+pub fn kill_all() {
+    let groups = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    for &pgid in groups.iter() {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+fn forget(pid: i32) {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|&p| p != pid);
+}
+
 /// How long a server may take to print `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -45,6 +65,7 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
         let pid = child.id() as i32;
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
 
         // stderr: kept (with --quiet it should stay empty; we show it if something goes wrong).
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -120,6 +141,7 @@ impl ServerProcess {
     /// time, its process group is killed.
     pub fn stop(mut self, timeout: Duration) -> (String, bool) {
         self.stopped = true;
+        forget(self.pid);
         if let Err(e) = kill(Pid::from_raw(self.pid), Signal::SIGTERM) {
             return (format!("could not send SIGTERM: {e}"), false);
         }
@@ -164,6 +186,7 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        forget(self.pid);
         if !self.stopped {
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
             let _ = self.child.kill();

@@ -490,7 +490,9 @@ impl Server {
                     return Ok(());
                 }
             }
-            if !self.drain {
+            // Edge-triggered, we read on until WouldBlock; but a client that streams faster than
+            // we read would keep us here forever, deaf even to a stop signal: check for one.
+            if !self.drain || signals::requested() {
                 return Ok(());
             }
         }
@@ -616,6 +618,10 @@ impl Server {
             self.clients.len()
         );
         for (fd, mut conn) in self.clients.drain() {
+            // TCP_NODELAY: send BYE at once, not held back (Nagle) until the client acknowledges
+            // what we sent before. Closing a socket with unread input (a client still sending)
+            // resets the connection, and what was not sent yet is thrown away.
+            let _ = conn.stream.set_nodelay(true);
             conn.queue(&protocol::bye(""));
             let _ = conn.write_pending(); // best effort: a full socket buffer loses it
             let _ = self.api.remove(fd);

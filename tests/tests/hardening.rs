@@ -18,9 +18,12 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use tests::{procfs, wait_until, Client, Server};
 
 /// One server configuration of the matrix.
@@ -330,6 +333,53 @@ fn storm_of_silent_connections(config: &Config) {
     });
 }
 
+/// SIGTERM while a client streams an endless line: the server still stops as the contract says
+/// (`ERR line too long`, then `BYE`, exit status 0, no process left), though no line ever ends.
+fn sigterm_during_an_endless_line(config: &Config) {
+    // More than the kernel's socket buffers can hold: once it is sent, the server is reading.
+    const READING: usize = 16 << 20;
+    let mut server = Server::start(config.binary, config.args);
+    let mut client = server.greeted();
+    let mut writer = client.stream().try_clone().expect("clone");
+    let sent = Arc::new(AtomicUsize::new(0));
+    // Writes until the server closes the connection (or the process holding it is gone).
+    let streaming = {
+        let sent = Arc::clone(&sent);
+        thread::spawn(move || {
+            let chunk = [b'x'; 16 * 1024];
+            while writer.write_all(&chunk).is_ok() {
+                sent.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    assert!(
+        wait_until(SETTLE, || sent.load(Ordering::Relaxed) >= READING),
+        "the server does not read the endless line"
+    );
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "{status}; stderr ends:\n{}",
+        tail(&server.stderr())
+    );
+    let mut lines = Vec::new();
+    while let Ok(line) = client.read_line() {
+        lines.push(line);
+    }
+    assert_eq!(
+        lines,
+        ["ERR line too long", "BYE"],
+        "what the client is told; stderr ends:\n{}",
+        tail(&server.stderr())
+    );
+    assert!(
+        wait_until(SETTLE, || procfs::live_in_group(server.pid()).is_empty()),
+        "processes of the server are left: {:?}",
+        procfs::live_in_group(server.pid())
+    );
+    streaming.join().expect("the streaming thread");
+}
+
 /// `SLEEP` outside 0..=10,000 ms, or not a whole number: `ERR`, no sleep.
 fn sleep_out_of_range(config: &Config) {
     check(config, &[], |server| {
@@ -530,6 +580,7 @@ macro_rules! matrix {
                     half_close,
                     reset_mid_line,
                     storm_of_silent_connections,
+                    sigterm_during_an_endless_line,
                     sleep_out_of_range,
                     unknown_verbs,
                     idle_timeout,

@@ -14,7 +14,8 @@
 //! 4. waits (bounded) for the descriptors, threads and children to be back at the baseline.
 //!
 //! `soak` (ignored by default, 10,000 connections per server) is run with
-//! `cargo test -p tests --test hardening -- --ignored --test-threads 1`.
+//! `cargo test -p tests --test hardening -- --ignored --test-threads 1`. The framer underneath
+//! every server also has a fuzz target: `cargo +nightly fuzz run framer` (see `fuzz/`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

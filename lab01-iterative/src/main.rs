@@ -90,6 +90,12 @@ fn main() {
         if let Err(e) = session::set_idle_timeout(&stream, args.server.idle_timeout) {
             narrate!("cannot set the idle timeout of client {}: {e}", client.id);
         }
+        // TCP_NODELAY: send each reply at once. A request/reply protocol gains nothing from
+        // Nagle's algorithm, and a BYE it held back behind an unacknowledged reply could be lost
+        // when we close a socket with unread input (the kernel then sends RST, not FIN).
+        if let Err(e) = stream.set_nodelay(true) {
+            narrate!("cannot set TCP_NODELAY on client {}: {e}", client.id);
+        }
         serve(stream, &client, &mut counter);
     }
 

@@ -227,6 +227,11 @@ fn serve_one(stream: TcpStream, client: &Client, args: &Args, next: &str) -> i32
     if let Err(e) = session::set_idle_timeout(&stream, args.server.idle_timeout) {
         narrate!("cannot set the idle timeout of client {}: {e}", client.id);
     }
+    // TCP_NODELAY: send each reply at once (see lab01: Nagle's algorithm only delays a
+    // request/reply protocol, and could hold back the BYE we send before closing).
+    if let Err(e) = stream.set_nodelay(true) {
+        narrate!("cannot set TCP_NODELAY on client {}: {e}", client.id);
+    }
     // A stop signal (the parent's SIGTERM at shutdown) must wake us if we are blocked reading.
     let _watch = signals::wake_on_shutdown(&stream);
     // Each client gets a fresh counter, in this process's memory: INCR says 1, then 2...

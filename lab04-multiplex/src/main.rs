@@ -100,6 +100,12 @@ const CHUNK: usize = 64 * 1024;
 /// `client-output-buffer-limit`. Everyone else is served on either way.
 const OUTPUT_CAP: usize = 256 * 1024;
 
+/// Edge-triggered, the most reads one client gets per turn (up to 16 × 64 KiB = 1 MiB). A client
+/// that streams faster than we can answer would otherwise keep us reading forever, and every
+/// other client would starve. Past the budget it goes on the `unfinished` list and gets another
+/// turn after the others (see `run`).
+const READS_PER_TURN: usize = 16;
+
 /// How often to look for clients silent longer than `--idle-timeout`.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -193,6 +199,9 @@ struct Server {
     chunk: Vec<u8>,
     /// Clients with new output to write (or new interest to register) after the current event.
     touched: Vec<RawFd>,
+    /// Edge-triggered: clients that used up their `READS_PER_TURN` with input still waiting.
+    /// No new edge will announce that input, so we must remember it ourselves.
+    unfinished: Vec<RawFd>,
     /// A descriptor kept in reserve, for when we run out (see `accept_all`).
     spare: Option<File>,
 }
@@ -267,6 +276,7 @@ fn main() {
         send_buffer: args.send_buffer.map(|b| b as usize),
         chunk: vec![0; CHUNK],
         touched: Vec::new(),
+        unfinished: Vec::new(),
         spare: File::open("/dev/null").ok(),
     };
     let everyone_reads = Interest {
@@ -304,7 +314,13 @@ impl Server {
         while !signals::requested() {
             // With --idle-timeout, wake at least once a second to look for silent clients
             // (a real server keeps its timers sorted, and sleeps exactly until the next one).
-            let timeout = self.idle_timeout.map(|_| IDLE_SWEEP);
+            // With unfinished clients (edge-triggered), do not sleep at all: only look whether
+            // anyone else is ready, then give the unfinished their next turn.
+            let timeout = if self.unfinished.is_empty() {
+                self.idle_timeout.map(|_| IDLE_SWEEP)
+            } else {
+                Some(Duration::ZERO)
+            };
             ready.clear();
             if let Err(e) = self.api.wait(timeout, &mut ready) {
                 common::exit_with_error(&format!("waiting for readiness failed: {e}"));
@@ -328,6 +344,14 @@ impl Server {
                         self.touched.push(event.fd);
                     }
                 }
+                self.settle_touched();
+            }
+            // The next turn of the clients that still had input waiting (edge-triggered only).
+            for fd in std::mem::take(&mut self.unfinished) {
+                if signals::requested() {
+                    return;
+                }
+                self.on_readable(fd);
                 self.settle_touched();
             }
             if self.idle_timeout.is_some() && last_sweep.elapsed() >= IDLE_SWEEP {
@@ -455,7 +479,7 @@ impl Server {
     /// Reads once (level-triggered: if more is waiting we will be told again) or until
     /// WouldBlock (edge-triggered: we will *not* be told again), answering each line.
     fn read_and_answer(&mut self, conn: &mut Conn) -> io::Result<()> {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let n = match (&conn.stream).read(&mut self.chunk) {
                 Ok(0) => {
                     let how = if conn.input.has_partial_line() {
@@ -490,12 +514,16 @@ impl Server {
                     return Ok(());
                 }
             }
-            // Edge-triggered, we read on until WouldBlock; but a client that streams faster than
-            // we read would keep us here forever, deaf even to a stop signal: check for one.
+            // Edge-triggered, we read on until WouldBlock, but no longer than its turn (below),
+            // and not past a stop signal.
             if !self.drain || signals::requested() {
                 return Ok(());
             }
         }
+        // Its turn is over and it has not hit WouldBlock: input may still be waiting, and the
+        // kernel will not tell us again. Remember it, serve the others, come back.
+        self.unfinished.push(conn.stream.as_raw_fd());
+        Ok(())
     }
 
     /// Answers one line into the client's output buffer.
@@ -650,8 +678,12 @@ impl Server {
                 }
             })
             .collect();
+        let unfinished = match self.unfinished.len() {
+            0 => String::new(),
+            n => format!("; then {n} client(s) whose input was left unread at their last turn"),
+        };
         narrate!(
-            "woke with {} ready descriptor{} of {} watched: {}",
+            "woke with {} ready descriptor{} of {} watched: {}{unfinished}",
             ready.len(),
             if ready.len() == 1 { "" } else { "s" },
             self.clients.len() + 2,

@@ -307,6 +307,84 @@ fn a_client_that_never_reads_does_not_stop_the_others(args: &[&str]) {
     assert_eq!(other.request("ECHO still here"), "OK still here");
 }
 
+/// A client that streams requests faster than the server can answer them (and reads every
+/// reply, so it is never cut off) does not starve the others: a client that connects during the
+/// stream is greeted and answered while the stream goes on. This is the edge-triggered trap's
+/// other side: "read until WouldBlock" must still leave a turn to everyone else.
+fn a_client_that_streams_without_pause_does_not_starve_the_others(args: &[&str]) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let server = Server::start(SERVER, args);
+    let flooder = server.greeted();
+    let writer: TcpStream = flooder.stream().try_clone().unwrap();
+    let reader: TcpStream = flooder.stream().try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // How the stream ended: None while it was still going when told to stop.
+    let stream = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let chunk = format!("ECHO {}\n", "y".repeat(200)).repeat(256);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    return (
+                        sent,
+                        Some("ran 30 s without being told to stop".to_string()),
+                    );
+                }
+                if let Err(e) = (&writer).write_all(chunk.as_bytes()) {
+                    return (sent, Some(format!("write failed: {e}")));
+                }
+                sent += chunk.len();
+            }
+            (sent, None)
+        })
+    };
+    // Read (and drop) every reply, so the flooder is a reader the output cap never cuts off.
+    let received = Arc::new(AtomicUsize::new(0));
+    let drain = {
+        let received = Arc::clone(&received);
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = std::io::Read::read(&mut &reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                received.fetch_add(n, Ordering::Relaxed);
+            }
+        })
+    };
+    // Wait until the stream is really flowing: a megabyte of replies has come back.
+    assert!(
+        wait_until(Duration::from_secs(10), || received.load(Ordering::Relaxed)
+            >= 1 << 20),
+        "the stream never got going"
+    );
+    let mut other = server.greeted();
+    for i in 0..20 {
+        assert_eq!(other.request(&format!("ECHO {i}")), format!("OK {i}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent, ended) = stream.join().unwrap();
+    assert_eq!(
+        ended,
+        None,
+        "the stream should still be going when the other client is answered ({} MiB sent)",
+        sent >> 20
+    );
+    flooder.stream().shutdown(std::net::Shutdown::Both).unwrap();
+    drain.join().unwrap();
+    assert_eq!(other.request("ECHO still here"), "OK still here");
+}
+
 /// SIGTERM or SIGINT: every client is told `BYE` and closed, and the server exits 0.
 fn sigterm_and_sigint_say_bye_to_everyone_and_exit_zero(args: &[&str]) {
     let mut server = Server::start(SERVER, args);
@@ -370,6 +448,10 @@ macro_rules! api_tests {
             #[test]
             fn a_client_that_never_reads_does_not_stop_the_others() {
                 super::a_client_that_never_reads_does_not_stop_the_others(ARGS);
+            }
+            #[test]
+            fn a_client_that_streams_without_pause_does_not_starve_the_others() {
+                super::a_client_that_streams_without_pause_does_not_starve_the_others(ARGS);
             }
             #[test]
             fn sigterm_and_sigint_say_bye_to_everyone_and_exit_zero() {

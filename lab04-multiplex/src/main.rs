@@ -425,6 +425,13 @@ impl Server {
             narrate!("cannot make the socket of {peer} non-blocking: {e}; closing it");
             return;
         }
+        // TCP_NODELAY: each reply leaves at once. A request/reply protocol gains nothing from
+        // Nagle's algorithm, and the BYE we send at shutdown must not wait behind a reply the
+        // client has not acknowledged yet: closing a socket with unread input (a client still
+        // sending) resets the connection, and what was not sent yet is thrown away.
+        if let Err(e) = stream.set_nodelay(true) {
+            narrate!("cannot set TCP_NODELAY on the socket of {peer}: {e}");
+        }
         if let Some(bytes) = self.send_buffer {
             // setsockopt(SO_SNDBUF): the kernel doubles the value for its bookkeeping.
             if let Err(e) = setsockopt(&stream, sockopt::SndBuf, &bytes) {
@@ -646,10 +653,7 @@ impl Server {
             self.clients.len()
         );
         for (fd, mut conn) in self.clients.drain() {
-            // TCP_NODELAY: send BYE at once, not held back (Nagle) until the client acknowledges
-            // what we sent before. Closing a socket with unread input (a client still sending)
-            // resets the connection, and what was not sent yet is thrown away.
-            let _ = conn.stream.set_nodelay(true);
+            // (TCP_NODELAY, set in `admit`, sends it at once: see there why that matters.)
             conn.queue(&protocol::bye(""));
             let _ = conn.write_pending(); // best effort: a full socket buffer loses it
             let _ = self.api.remove(fd);

@@ -469,3 +469,62 @@ pub async fn hold(
         first_error: errors.first,
     }
 }
+
+/// What one batch of the soak did.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Connections that went through the whole exchange (HELLO, ECHO, QUIT, `OK bye`, close).
+    pub completed: usize,
+    /// Connections that failed: refused, reset, a wrong reply, or no answer within the limit.
+    pub errors: u64,
+    /// The first error seen.
+    pub first_error: Option<String>,
+}
+
+/// One batch of the soak: `n` connections opened at once, each doing the whole life of a short
+/// client: read `HELLO`, `ECHO soak <batch>.<i>` (a text no other connection sends, so a reply
+/// meant for someone else would show), `QUIT`, read `OK bye`, then wait for the server's close
+/// (so that the server, not us, holds the TIME_WAIT) and close. Each connection gets `limit` for
+/// all of it: a server that serves one client at a time (lab01) greets the batch one by one, the
+/// others waiting in its accept queue, so `limit` must cover a whole batch, not one connection.
+pub async fn soak_batch(addr: SocketAddr, batch: usize, n: usize, limit: Duration) -> Batch {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let one = async {
+                let mut conn = Conn::open(addr).await?;
+                conn.read_hello().await?;
+                let text = format!("soak {batch}.{i}");
+                let request = format!("ECHO {text}\n");
+                let reply = format!("OK {text}\n");
+                conn.round_trip(request.as_bytes(), reply.as_bytes())
+                    .await?;
+                conn.round_trip(b"QUIT\n", b"OK bye\n").await?;
+                conn.line.clear();
+                if conn.reader.read_until(b'\n', &mut conn.line).await? != 0 {
+                    return Err(wrong("the server's close after OK bye", &conn.line));
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            match tokio::time::timeout(limit, one).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the exchange did not finish within {limit:?}"),
+                )),
+            }
+        }));
+    }
+    let mut result = Batch::default();
+    let mut errors = Errors::default();
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => result.completed += 1,
+            Ok(Err(e)) => errors.add(e),
+            Err(e) => errors.add(e),
+        }
+    }
+    result.errors = errors.count;
+    result.first_error = errors.first;
+    result
+}

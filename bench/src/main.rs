@@ -9,12 +9,14 @@
 //! cargo run --release -p bench -- --quick          # under a minute on 2 cores
 //! cargo run --release -p bench                     # the full sweep: C = 1, 10, 100, 1000
 //! cargo run --release -p bench -- --c10k --targets epoll,tokio-ct --workloads c10k
+//! cargo run --release -p bench -- --workloads soak  # every target, 10,000 connections each
 //! ```
 //!
 //! Workloads (`--workloads`): `echo` (C connections, one ECHO in flight on each: requests/s and
 //! latency), `connect` (a new connection per request: connections/s, latency, and the server's
 //! CPU time per connection), `idle` (C connections held open: memory, processes, threads and
-//! descriptors per connection), `c10k` (10,000 connections at once, each answering an ECHO).
+//! descriptors per connection), `c10k` (10,000 connections at once, each answering an ECHO),
+//! `soak` (10,000 short connections, 200 at a time: does the server's tree grow?).
 //! Results: a markdown table on stdout, and CSV, JSON and SVG charts in `--out`.
 
 mod baseline;
@@ -32,7 +34,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::procfs::Footprint;
-use crate::report::{C10kRow, IdleRow, LeakRow, Results, Skipped, TimedRow};
+use crate::report::{C10kRow, IdleRow, LeakRow, Results, Skipped, SoakRow, SoakSample, TimedRow};
 use crate::server::ServerProcess;
 use crate::targets::{Binaries, Target};
 
@@ -64,6 +66,9 @@ enum Workload {
     Idle,
     /// --c10k-connections connections at once, each answering one ECHO.
     C10k,
+    /// --soak-connections short connections, --soak-batch at a time (HELLO, ECHO, QUIT): the
+    /// server's memory, processes, threads and descriptors must not grow.
+    Soak,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +124,21 @@ struct RunArgs {
     )]
     c10k_targets: Vec<String>,
 
+    /// Connections of the soak (each: HELLO, ECHO, QUIT, close).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    soak_connections: u64,
+
+    /// Connections the soak opens at once (a batch); lowered to a server's client cap if that is
+    /// lower (ipc-server: 128), and said so.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    soak_batch: u64,
+
+    /// RSS growth (KiB) over the soak above which its verdict flags a target. Allocator caches
+    /// and lazily touched pages make RSS move by a few hundred KiB; 1 MiB over 10,000
+    /// connections is ~100 bytes per connection.
+    #[arg(long, default_value_t = 1024)]
+    soak_rss_tolerance: u64,
+
     /// Listen backlog given to every server, so the accept queue is not what limits a sweep.
     #[arg(long, default_value_t = 4096)]
     backlog: u32,
@@ -161,6 +181,9 @@ struct Plan {
     settle: Duration,
     c10k_connections: usize,
     c10k_targets: Vec<String>,
+    soak_connections: usize,
+    soak_batch: usize,
+    soak_rss_tolerance: u64,
     backlog: u32,
     repeat: u32,
     out: PathBuf,
@@ -231,6 +254,9 @@ impl Plan {
             settle: Duration::from_secs(if quick { 5 } else { 10 }),
             c10k_connections: args.c10k_connections,
             c10k_targets: args.c10k_targets,
+            soak_connections: args.soak_connections as usize,
+            soak_batch: args.soak_batch.min(args.soak_connections) as usize,
+            soak_rss_tolerance: args.soak_rss_tolerance,
             backlog: args.backlog,
             repeat: args.repeat,
             out: args.out.unwrap_or_else(|| {
@@ -247,14 +273,45 @@ impl Plan {
             && self.c10k_targets.iter().any(|t| t == target.name)
     }
 
-    /// Progress steps for one target.
+    /// Progress steps for one target: one per point, and one per batch of the soak.
     fn steps(&self, target: &Target) -> u64 {
         let per_level = self
             .workloads
             .iter()
-            .filter(|w| **w != Workload::C10k)
+            .filter(|w| !matches!(w, Workload::C10k | Workload::Soak))
             .count();
-        (per_level * self.levels.len()) as u64 + u64::from(self.runs_c10k(target))
+        (per_level * self.levels.len()) as u64
+            + u64::from(self.runs_c10k(target))
+            + self.soak_batches(self.soak_batch)
+    }
+
+    /// Batches of the soak with `batch` connections at a time (0 if the soak is not run).
+    fn soak_batches(&self, batch: usize) -> u64 {
+        if self.workloads.contains(&Workload::Soak) {
+            self.soak_connections.div_ceil(batch.max(1)) as u64
+        } else {
+            0
+        }
+    }
+
+    /// The most connections this plan holds at once against `target`: the highest level of
+    /// the sweep (if a workload uses the levels), C10K's, and (with `soak`) a soak batch.
+    fn needed(&self, target: &Target, with_soak: bool) -> usize {
+        let mut needed = 1;
+        if self
+            .workloads
+            .iter()
+            .any(|w| matches!(w, Workload::Echo | Workload::Connect | Workload::Idle))
+        {
+            needed = self.levels.iter().max().copied().unwrap_or(1);
+        }
+        if self.runs_c10k(target) {
+            needed = needed.max(self.c10k_connections);
+        }
+        if with_soak && self.workloads.contains(&Workload::Soak) {
+            needed = needed.max(self.soak_batch);
+        }
+        needed
     }
 }
 
@@ -309,13 +366,12 @@ fn run(args: RunArgs) -> Result<()> {
         meta,
         ..Results::default()
     };
-    let needed = plan.levels.iter().max().copied().unwrap_or(1).max(
-        if plan.workloads.contains(&Workload::C10k) {
-            plan.c10k_connections
-        } else {
-            0
-        },
-    );
+    let needed = plan
+        .targets
+        .iter()
+        .map(|t| plan.needed(t, true))
+        .max()
+        .unwrap_or(1);
     let load_before = loadavg();
     let note = raise_fd_limit(needed);
     eprintln!("{note}");
@@ -447,6 +503,8 @@ struct Running {
     failed: Option<String>,
     /// Something the reader of the results must know about how it was run.
     remark: Option<String>,
+    /// The client cap it was started with (`--max-children` and the like), if it has one.
+    cap: Option<usize>,
 }
 
 impl Running {
@@ -479,17 +537,7 @@ impl Running {
 /// and waits for its tree to settle.
 fn start(plan: &Plan, target: &Target, path: &std::path::Path) -> Result<Running> {
     // A safety cap on clients (e.g. fork-server --max-children) must not be what we measure.
-    let needed = plan
-        .levels
-        .iter()
-        .max()
-        .copied()
-        .unwrap_or(1)
-        .max(if plan.runs_c10k(target) {
-            plan.c10k_connections
-        } else {
-            0
-        });
+    let needed = plan.needed(target, true);
     let help = if target.package.is_some() {
         targets::help_text(path)
     } else {
@@ -500,7 +548,9 @@ fn start(plan: &Plan, target: &Target, path: &std::path::Path) -> Result<Running
         let mut args = target.args.clone();
         args.extend(["--port", "0", "--quiet", "--backlog"].map(String::from));
         args.push(plan.backlog.to_string());
-        args.extend(targets::cap_args(&help, cap));
+        let cap_args = targets::cap_args(&help, cap);
+        let has_cap = !cap_args.is_empty();
+        args.extend(cap_args);
         match ServerProcess::start(path, &args) {
             Ok(server) => {
                 let baseline = settle(server.pid, plan.settle);
@@ -511,7 +561,10 @@ fn start(plan: &Plan, target: &Target, path: &std::path::Path) -> Result<Running
                     notes: Vec::new(),
                     failed: None,
                     remark: None,
+                    cap: has_cap.then_some(cap),
                 };
+                // (A soak batch above the cap is lowered to it, and the soak's table says so.)
+                let needed = plan.needed(target, false);
                 if cap < needed {
                     running.remark = Some(format!(
                         "{} was started with its client cap at {cap}, the highest it accepts: fewer than the {needed} connections of the sweep",
@@ -646,6 +699,124 @@ fn sweep(
             bar.inc(1);
             r.check(plan, "C10K", bar);
         }
+    }
+    // The soak last: it is about what is left after many connections, whatever ran before.
+    if plan.workloads.contains(&Workload::Soak) {
+        for r in running.iter_mut().filter(|r| r.failed.is_none()) {
+            results.soak.push(soak(plan, r, runtime, bar));
+            r.check(plan, "the soak", bar);
+        }
+    }
+}
+
+/// How long a reading during the soak waits for the counts to come back to the baseline.
+const SOAK_SAMPLE_WAIT: Duration = Duration::from_secs(2);
+/// How long each connection of a soak batch may take, HELLO to close (a batch waiting in the
+/// accept queue of the iterative server included).
+const SOAK_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// The soak of one target: a warm-up batch, then `--soak-connections` connections in batches of
+/// `--soak-batch` (each connection HELLO, a unique ECHO, QUIT, `OK bye`, close), the tree read
+/// after each tenth, and at the end, once settled, compared with what it was before.
+fn soak(
+    plan: &Plan,
+    r: &mut Running,
+    runtime: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+) -> SoakRow {
+    let (name, addr, pid) = (r.target.name, r.server.addr, r.server.pid);
+    let total = plan.soak_connections;
+    // A server with a client cap below the batch would keep the rest waiting in its accept
+    // queue: the batch would not be "N at a time" for it. Use its cap, and say so.
+    let (batch, batch_note) = match r.cap {
+        Some(cap) if cap < plan.soak_batch => {
+            bar.inc_length(plan.soak_batches(cap) - plan.soak_batches(plan.soak_batch));
+            (
+                cap,
+                Some(format!(
+                    "soak batch lowered from {} to {cap}: the server's client cap (the highest it accepts), so that every connection of a batch is served at once",
+                    plan.soak_batch
+                )),
+            )
+        }
+        _ => (plan.soak_batch, None),
+    };
+    // One uncounted batch first, so that what a server grows once and keeps (thread stacks in
+    // the allocator's cache, malloc arenas, a pre-forked child's first pages) is in "before".
+    bar.set_message(format!("{name}: soak warm-up ({batch} connections)"));
+    let warm = runtime.block_on(load::soak_batch(addr, 0, batch, SOAK_CONNECTION_LIMIT));
+    wait_for_baseline(pid, &r.baseline, plan.settle);
+    let before = procfs::footprint(pid, true);
+
+    let started = Instant::now();
+    let mut in_batches = Duration::ZERO;
+    let mut samples = Vec::new();
+    let (mut completed, mut errors, mut first_error) = (0, 0, warm.first_error);
+    errors += warm.errors;
+    let mut made = 0;
+    let mut number = 0;
+    while made < total {
+        number += 1;
+        let n = batch.min(total - made);
+        bar.set_message(format!("{name}: soak {made}/{total} ({batch} at a time)"));
+        let t0 = Instant::now();
+        let done = runtime.block_on(load::soak_batch(addr, number, n, SOAK_CONNECTION_LIMIT));
+        in_batches += t0.elapsed();
+        let tenth_before = (made * 10 / total) as u32;
+        made += n;
+        completed += done.completed;
+        errors += done.errors;
+        if first_error.is_none() {
+            first_error = done.first_error;
+        }
+        bar.inc(1);
+        // A whole batch without one success: the server is stuck or gone; stop here.
+        if done.completed == 0 {
+            bar.inc(plan.soak_batches(batch).saturating_sub(number as u64));
+            break;
+        }
+        let tenth = (made * 10 / total) as u32;
+        if tenth > tenth_before {
+            let at_baseline = wait_for_baseline(pid, &r.baseline, SOAK_SAMPLE_WAIT);
+            samples.push(SoakSample {
+                tenth,
+                connections: made,
+                seconds: started.elapsed().as_secs_f64(),
+                footprint: procfs::footprint(pid, true),
+                at_baseline,
+            });
+        }
+    }
+    bar.set_message(format!("{name}: soak done, settling"));
+    let back_to_baseline = wait_for_baseline(pid, &r.baseline, plan.settle);
+    let after = procfs::footprint(pid, true);
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let mut verdict = report::soak_verdict(&r.baseline, &before, &after, plan.soak_rss_tolerance);
+    if completed < total {
+        verdict.push_str(&format!(
+            "; only {completed} of {total} connections completed"
+        ));
+    }
+    let seconds = in_batches.as_secs_f64().max(1e-9);
+    SoakRow {
+        target: name.into(),
+        connections: total,
+        batch,
+        batch_note,
+        completed,
+        errors,
+        first_error,
+        seconds,
+        per_second: completed as f64 / seconds,
+        wall_seconds,
+        baseline: r.baseline,
+        before,
+        after,
+        back_to_baseline,
+        passed: verdict == "no growth" && errors == 0,
+        verdict,
+        samples,
+        rss_tolerance_kib: plan.soak_rss_tolerance,
     }
 }
 

@@ -98,6 +98,100 @@ pub struct C10kRow {
     pub passed: bool,
 }
 
+/// The soak of one target: many short connections, a batch at a time, and whether the server's
+/// tree grew.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakRow {
+    /// The target.
+    pub target: String,
+    /// Connections asked for (`--soak-connections`).
+    pub connections: usize,
+    /// Connections opened at once: `--soak-batch`, or less for a server whose client cap is lower.
+    pub batch: usize,
+    /// Why the batch is smaller than asked, if it is.
+    pub batch_note: Option<String>,
+    /// Connections that went through the whole exchange.
+    pub completed: usize,
+    /// Failed connections.
+    pub errors: u64,
+    /// What the first error said.
+    pub first_error: Option<String>,
+    /// Seconds spent in the batches (not in the samples between them).
+    pub seconds: f64,
+    /// `completed / seconds`.
+    pub per_second: f64,
+    /// Seconds from the first batch to the last reading, samples and settling included.
+    pub wall_seconds: f64,
+    /// The tree right after startup: what processes, zombies, threads and fds must come back to.
+    pub baseline: Footprint,
+    /// The tree after the warm-up batch, settled: where RSS and PSS start from.
+    pub before: Footprint,
+    /// The tree after the last batch, once settled (or after the wait for it ran out).
+    pub after: Footprint,
+    /// Processes, zombies, threads and fds were back at `baseline` at the end.
+    pub back_to_baseline: bool,
+    /// Readings after each tenth of the connections.
+    pub samples: Vec<SoakSample>,
+    /// RSS growth allowed before the verdict flags it, KiB (`--soak-rss-tolerance`).
+    pub rss_tolerance_kib: u64,
+    /// `no growth`, or what grew.
+    pub verdict: String,
+    /// No growth, and every connection completed without error.
+    pub passed: bool,
+}
+
+/// One reading of the server's tree during the soak.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakSample {
+    /// Which tenth of the connections had been made (1 to 10).
+    pub tenth: u32,
+    /// Connections made so far.
+    pub connections: usize,
+    /// Seconds since the soak started.
+    pub seconds: f64,
+    /// The tree then.
+    pub footprint: Footprint,
+    /// Its counts were back at the baseline when read (the reading waits up to 2 s for that).
+    pub at_baseline: bool,
+}
+
+impl SoakRow {
+    /// RSS after minus RSS before, KiB (negative when it shrank).
+    pub fn rss_growth_kib(&self) -> i64 {
+        self.after.rss_kib as i64 - self.before.rss_kib as i64
+    }
+}
+
+/// The soak's verdict: `no growth` when processes, zombies, threads and descriptors are back at
+/// the baseline and RSS grew by at most `tolerance_kib`; otherwise what grew, in capitals.
+pub fn soak_verdict(
+    baseline: &Footprint,
+    before: &Footprint,
+    after: &Footprint,
+    tolerance_kib: u64,
+) -> String {
+    let mut grew = Vec::new();
+    for (what, base, now) in [
+        ("processes", baseline.processes, after.processes),
+        ("zombies", baseline.zombies, after.zombies),
+        ("threads", baseline.threads, after.threads),
+        ("fds", baseline.fds, after.fds),
+    ] {
+        if base != now {
+            grew.push(format!("{what} {base} → {now}"));
+        }
+    }
+    let rss = after.rss_kib as i64 - before.rss_kib as i64;
+    if rss > tolerance_kib as i64 {
+        grew.push(format!("RSS +{rss} KiB (over {tolerance_kib})"));
+    }
+    if grew.is_empty() {
+        "no growth".into()
+    } else {
+        format!("GROWTH: {}", grew.join("; "))
+    }
+}
+
 /// The leak check and the stop of one target.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeakRow {
@@ -139,6 +233,9 @@ pub struct Results {
     pub idle: Vec<IdleRow>,
     /// C10K rows.
     pub c10k: Vec<C10kRow>,
+    /// Soak rows (absent from the results of bench versions before the soak).
+    #[serde(default)]
+    pub soak: Vec<SoakRow>,
     /// One per measured target.
     pub leaks: Vec<LeakRow>,
     /// Targets not measured.
@@ -309,6 +406,9 @@ impl Results {
                 );
             }
         }
+        if !self.soak.is_empty() {
+            self.soak_markdown(&mut out);
+        }
         if !self.leaks.is_empty() {
             let _ = writeln!(out, "\n## leaks and shutdown: the server tree after its runs, against its baseline after startup\n");
             let _ = writeln!(out, "| target | processes | threads | fds | zombies | back to baseline | SIGTERM | stderr bytes |");
@@ -440,6 +540,10 @@ impl Results {
             }
             put("c10k.csv", csv)?;
         }
+        if !self.soak.is_empty() {
+            put("soak.csv", self.soak_csv())?;
+            put("soak-samples.csv", self.soak_samples_csv())?;
+        }
         if !self.leaks.is_empty() {
             let mut csv = String::from("target,baseline_processes,after_processes,baseline_threads,after_threads,baseline_fds,after_fds,after_zombies,back_to_baseline,stop,clean_exit,stderr_bytes\n");
             for r in &self.leaks {
@@ -471,6 +575,169 @@ impl Results {
             }
         }
         Ok(written)
+    }
+
+    /// The soak's section: one row per target, then RSS after each tenth.
+    fn soak_markdown(&self, out: &mut String) {
+        let first = &self.soak[0];
+        let batch = self
+            .soak
+            .iter()
+            .map(|r| r.batch)
+            .max()
+            .unwrap_or(first.batch);
+        let _ = writeln!(
+            out,
+            "\n## soak: {} connections per target, {batch} at a time, each HELLO, ECHO, QUIT, close\n",
+            first.connections
+        );
+        let _ = writeln!(
+            out,
+            "Before: after one warm-up batch, settled. After: once processes, zombies, threads and fds \
+            are back at the server's baseline after startup (or the wait ran out). \
+            `no growth`: those four are back, and RSS grew by at most {} KiB.\n",
+            first.rss_tolerance_kib
+        );
+        let _ = writeln!(out, "| target | connections | at a time | errors | seconds | conn/s | RSS KiB before → after | Δ RSS KiB | PSS KiB before → after | processes | threads | fds | zombies | verdict |");
+        let _ = writeln!(
+            out,
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+        );
+        let pair = |a: u64, b: u64| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("**{a} → {b}**")
+            }
+        };
+        for r in &self.soak {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {} → {} | {:+} | {} → {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.completed,
+                r.batch,
+                error_cell(r.errors, &r.first_error),
+                r.seconds,
+                r.per_second,
+                r.before.rss_kib,
+                r.after.rss_kib,
+                r.rss_growth_kib(),
+                r.before.pss_kib,
+                r.after.pss_kib,
+                pair(r.baseline.processes, r.after.processes),
+                pair(r.baseline.threads, r.after.threads),
+                pair(r.baseline.fds, r.after.fds),
+                pair(r.baseline.zombies, r.after.zombies),
+                if r.verdict == "no growth" {
+                    r.verdict.clone()
+                } else {
+                    format!("**{}**", r.verdict)
+                },
+            );
+        }
+        for r in self.soak.iter().filter(|r| r.batch_note.is_some()) {
+            let _ = writeln!(
+                out,
+                "\n{}: {}",
+                r.target,
+                r.batch_note.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nRSS KiB of the server tree after each tenth of the connections (read once the \
+            counts are back at the baseline, or after 2 s; what was not back is named):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| target | before | 10% | 20% | 30% | 40% | 50% | 60% | 70% | 80% | 90% | 100% | after |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for r in &self.soak {
+            let mut cells = vec![r.before.rss_kib.to_string()];
+            for tenth in 1..=10 {
+                cells.push(match r.samples.iter().find(|s| s.tenth == tenth) {
+                    Some(s) if s.at_baseline => s.footprint.rss_kib.to_string(),
+                    Some(s) => format!(
+                        "{} ({})",
+                        s.footprint.rss_kib,
+                        counts_diff(&r.baseline, &s.footprint)
+                    ),
+                    None => "–".into(),
+                });
+            }
+            cells.push(r.after.rss_kib.to_string());
+            let _ = writeln!(out, "| {} | {} |", r.target, cells.join(" | "));
+        }
+    }
+
+    fn soak_csv(&self) -> String {
+        let mut csv = String::from("target,connections,batch,completed,errors,seconds,per_second,wall_seconds,before_rss_kib,after_rss_kib,rss_growth_kib,rss_tolerance_kib,before_pss_kib,after_pss_kib,baseline_processes,after_processes,baseline_threads,after_threads,baseline_fds,after_fds,after_zombies,back_to_baseline,verdict,passed\n");
+        for r in &self.soak {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{:.3},{:.1},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                r.target,
+                r.connections,
+                r.batch,
+                r.completed,
+                r.errors,
+                r.seconds,
+                r.per_second,
+                r.wall_seconds,
+                r.before.rss_kib,
+                r.after.rss_kib,
+                r.rss_growth_kib(),
+                r.rss_tolerance_kib,
+                r.before.pss_kib,
+                r.after.pss_kib,
+                r.baseline.processes,
+                r.after.processes,
+                r.baseline.threads,
+                r.after.threads,
+                r.baseline.fds,
+                r.after.fds,
+                r.after.zombies,
+                r.back_to_baseline,
+                r.verdict.replace(',', ";"),
+                r.passed
+            );
+        }
+        csv
+    }
+
+    fn soak_samples_csv(&self) -> String {
+        let mut csv = String::from(
+            "target,point,connections,seconds,processes,zombies,threads,fds,rss_kib,pss_kib,at_baseline\n",
+        );
+        for r in &self.soak {
+            let mut line = |point: String, conns: usize, secs: String, f: &Footprint, at: bool| {
+                let _ = writeln!(
+                    csv,
+                    "{},{point},{conns},{secs},{},{},{},{},{},{},{at}",
+                    r.target, f.processes, f.zombies, f.threads, f.fds, f.rss_kib, f.pss_kib
+                );
+            };
+            line("before".into(), 0, "0".into(), &r.before, true);
+            for s in &r.samples {
+                line(
+                    format!("{}%", s.tenth * 10),
+                    s.connections,
+                    format!("{:.3}", s.seconds),
+                    &s.footprint,
+                    s.at_baseline,
+                );
+            }
+            line(
+                "after".into(),
+                r.completed + r.errors as usize,
+                format!("{:.3}", r.wall_seconds),
+                &r.after,
+                r.back_to_baseline,
+            );
+        }
+        csv
     }
 
     /// Throughput and p99 latency against concurrency, one line per target, log-log.
@@ -580,6 +847,22 @@ fn ratio(v: Option<f64>) -> String {
 
 fn kib(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+/// What is not back at the baseline, e.g. `fds 6→8`.
+fn counts_diff(base: &Footprint, now: &Footprint) -> String {
+    let mut parts = Vec::new();
+    for (what, a, b) in [
+        ("processes", base.processes, now.processes),
+        ("zombies", base.zombies, now.zombies),
+        ("threads", base.threads, now.threads),
+        ("fds", base.fds, now.fds),
+    ] {
+        if a != b {
+            parts.push(format!("{what} {a}→{b}"));
+        }
+    }
+    parts.join(", ")
 }
 
 fn error_cell(count: u64, first: &Option<String>) -> String {

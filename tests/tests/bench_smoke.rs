@@ -152,6 +152,101 @@ fn a_tiny_sweep_prints_the_table_and_writes_csv_json_and_svg() {
 }
 
 #[test]
+fn a_tiny_soak_prints_its_verdicts_and_writes_its_csv() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let bin_dir = debug_bin_dir();
+    binary("thread-server");
+    let out_dir = out.path().display().to_string();
+    let targets = ["iterative", "thread", "epoll"];
+    let (ok, stdout, stderr) = bench(&[
+        "--targets",
+        &targets.join(","),
+        "--workloads",
+        "soak",
+        "--soak-connections",
+        "400",
+        "--soak-batch",
+        "50",
+        // Debug builds and 400 connections are no place to judge a few hundred KiB of RSS: the
+        // counts (processes, threads, descriptors, zombies) are what this test holds to.
+        "--soak-rss-tolerance",
+        "8192",
+        "--bin-dir",
+        &bin_dir,
+        "--out",
+        &out_dir,
+    ]);
+    assert!(ok, "the bench failed; stderr:\n{stderr}\nstdout:\n{stdout}");
+
+    // The table: every target made its 400 connections, 50 at a time, and did not grow. The
+    // iterative server served each batch one connection after the other without a deadlock.
+    let start = stdout
+        .find("## soak")
+        .unwrap_or_else(|| panic!("no soak section:\n{stdout}"));
+    let section = &stdout[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    assert!(
+        section.contains("| verdict |"),
+        "no verdict column:\n{section}"
+    );
+    for target in targets {
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| {target} | ")))
+            .unwrap_or_else(|| panic!("no soak row for {target}:\n{section}"));
+        assert!(
+            row.starts_with(&format!("| {target} | 400 | 50 | 0 |")),
+            "{target}: 400 connections, 50 at a time, no error: {row}"
+        );
+        assert!(row.ends_with("| no growth |"), "{target}: {row}");
+    }
+
+    // The CSV files.
+    let dir = out.path();
+    let soak_csv = std::fs::read_to_string(dir.join("soak.csv")).expect("soak.csv");
+    let mut lines = soak_csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column in soak.csv: {header:?}"))
+    };
+    let (verdict, passed, completed) = (column("verdict"), column("passed"), column("completed"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), targets.len(), "{soak_csv}");
+    for row in &rows {
+        assert_eq!(row[verdict], "no growth", "{soak_csv}");
+        assert_eq!(row[passed], "true", "{soak_csv}");
+        assert_eq!(row[completed], "400", "{soak_csv}");
+    }
+    let samples = std::fs::read_to_string(dir.join("soak-samples.csv")).expect("soak-samples.csv");
+    for target in targets {
+        for point in ["before", "100%", "after"] {
+            assert!(
+                samples.contains(&format!("{target},{point},")),
+                "no {point} reading of {target}:\n{samples}"
+            );
+        }
+    }
+
+    // The JSON: a reading after each tenth reached (8 batches of 50 reach 8 different tenths).
+    let results = json(&dir.join("results.json"));
+    let soak = results["soak"].as_array().expect("soak rows");
+    assert_eq!(soak.len(), targets.len());
+    for row in soak {
+        let tenths: Vec<u64> = row["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| s["tenth"].as_u64().unwrap())
+            .collect();
+        assert_eq!(tenths, [1, 2, 3, 5, 6, 7, 8, 10], "{row}");
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+}
+
+#[test]
 fn a_missing_server_is_skipped_with_a_reason_and_the_rest_is_measured() {
     let out = tempfile::tempdir().expect("temp dir");
     let empty = tempfile::tempdir().expect("temp dir");

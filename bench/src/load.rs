@@ -481,6 +481,9 @@ pub struct Batch {
     pub first_error: Option<String>,
 }
 
+/// How long the soak waits for the server to close a connection after its `OK bye`.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// One batch of the soak: `n` connections opened at once, each doing the whole life of a short
 /// client: read `HELLO`, `ECHO soak <batch>.<i>` (a text no other connection sends, so a reply
 /// meant for someone else would show), `QUIT`, read `OK bye`, then wait for the server's close
@@ -501,10 +504,18 @@ pub async fn soak_batch(addr: SocketAddr, batch: usize, n: usize, limit: Duratio
                     .await?;
                 conn.round_trip(b"QUIT\n", b"OK bye\n").await?;
                 conn.line.clear();
-                if conn.reader.read_until(b'\n', &mut conn.line).await? != 0 {
-                    return Err(wrong("the server's close after OK bye", &conn.line));
+                let close = conn.reader.read_until(b'\n', &mut conn.line);
+                match tokio::time::timeout(CLOSE_LIMIT, close).await {
+                    Ok(Ok(0)) => Ok(()),
+                    Ok(Ok(_)) => Err(wrong("the server's close after OK bye", &conn.line)),
+                    Ok(Err(e)) => Err(e),
+                    // The server answered but keeps the connection open: a descriptor of it is
+                    // still open somewhere in the server (a leak, or a child that inherited it).
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the server did not close the connection within {CLOSE_LIMIT:?} of OK bye"),
+                    )),
                 }
-                Ok::<_, std::io::Error>(())
             };
             match tokio::time::timeout(limit, one).await {
                 Ok(result) => result,

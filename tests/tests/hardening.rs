@@ -14,8 +14,12 @@
 //! 4. waits (bounded) for the descriptors, threads and children to be back at the baseline.
 //!
 //! `soak` (ignored by default, 10,000 connections per server) is run with
-//! `cargo test -p tests --test hardening -- --ignored --test-threads 1`. The framer underneath
-//! every server also has a fuzz target: `cargo +nightly fuzz run framer` (see `fuzz/`).
+//! `cargo test -p tests --test hardening -- --ignored --test-threads 1`. The bench runs the same
+//! soak over every server and reports the figures (RSS before, after each tenth and after;
+//! processes, threads, descriptors; connections/s; a verdict):
+//! `cargo run --release -p bench -- --workloads soak` (docs/benchmarks.md, "Soak").
+//! The framer underneath every server also has a fuzz target: `cargo +nightly fuzz run framer`
+//! (see `fuzz/`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

@@ -872,3 +872,52 @@ fn error_cell(count: u64, first: &Option<String>) -> String {
         (n, None) => n.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(fds: u64, rss_kib: u64) -> Footprint {
+        Footprint {
+            processes: 1,
+            zombies: 0,
+            threads: 1,
+            fds,
+            rss_kib,
+            pss_kib: 0,
+        }
+    }
+
+    #[test]
+    fn the_soak_verdict_flags_what_grew() {
+        let base = tree(6, 2000);
+        assert_eq!(
+            soak_verdict(&base, &base, &tree(6, 3024), 1024),
+            "no growth"
+        );
+        // RSS may shrink; the tolerance is inclusive.
+        assert_eq!(
+            soak_verdict(&base, &base, &tree(6, 1500), 1024),
+            "no growth"
+        );
+        assert_eq!(
+            soak_verdict(&base, &base, &tree(6, 3025), 1024),
+            "GROWTH: RSS +1025 KiB (over 1024)"
+        );
+        assert_eq!(
+            soak_verdict(&base, &base, &tree(406, 2000), 1024),
+            "GROWTH: fds 6 → 406"
+        );
+        let mut zombie = tree(6, 2000);
+        zombie.zombies = 3;
+        assert_eq!(
+            soak_verdict(&base, &base, &zombie, 1024),
+            "GROWTH: zombies 0 → 3"
+        );
+        // RSS is measured from `before` (after the warm-up), the counts from the baseline.
+        assert_eq!(
+            soak_verdict(&base, &tree(6, 5000), &tree(6, 5500), 1024),
+            "no growth"
+        );
+    }
+}

@@ -66,7 +66,7 @@ fn print_server_lines(stream: TcpStream) {
     std::process::exit(0);
 }
 
-/// Sends each line typed on stdin; sends `QUIT` when stdin ends.
+/// Sends each line typed on stdin; sends `QUIT` when stdin ends, unless the user already did.
 fn send_stdin_lines(mut stream: &TcpStream) {
     let stdin = io::stdin();
     let mut line = Vec::new();
@@ -81,6 +81,11 @@ fn send_stdin_lines(mut stream: &TcpStream) {
                 }
                 if stream.write_all(&line).is_err() {
                     return; // the server is gone; the printer thread reports it
+                }
+                // After QUIT the server closes: sending more (even our own QUIT at the end)
+                // would hit a closed socket, and the kernel would answer with a reset.
+                if line.trim_ascii().eq_ignore_ascii_case(b"QUIT") {
+                    return;
                 }
             }
         }

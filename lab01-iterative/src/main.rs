@@ -49,7 +49,7 @@ fn main() {
         common::demo::run(
             Model::Iterative,
             clients,
-            "All clients connect at once; each waits in the accept queue until the one before it sends QUIT.",
+            "The clients connect 100 ms apart; each waits in the accept queue until the one before it sends QUIT.",
             |_| vec!["WHO".into(), "INCR".into(), "SLEEP 500".into(), "QUIT".into()],
         );
     }

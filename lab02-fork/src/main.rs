@@ -90,7 +90,7 @@ fn main() {
         common::demo::run(
             Model::Fork,
             clients,
-            "All clients connect at once; each is greeted at once by its own child process (a different pid), and INCR says 1 to everyone.",
+            "The clients connect 100 ms apart; each is greeted at once by its own child process (a different pid), and INCR says 1 to everyone.",
             |_| vec!["WHO".into(), "INCR".into(), "SLEEP 1500".into(), "QUIT".into()],
         );
     }

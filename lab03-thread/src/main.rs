@@ -14,8 +14,8 @@
 //!   clients, which every thread reads and changes, behind a `Mutex`.
 //! - A `PANIC` ends one thread; the process, and every other client, goes on. The mutex must
 //!   then survive being *poisoned* (see `room.rs`).
-//! - A client that stops reading must not freeze everyone's chat: each client has a bounded
-//!   outbox and its own writer thread (`outbox.rs`).
+//! - A client that stops reading must not freeze everyone's chat: the `MSG` lines for a client
+//!   go through a bounded outbox and its own writer thread (`outbox.rs`).
 //!
 //! `--pool N` serves with N threads made up front instead (`pool.rs`), and `--max-clients` keeps
 //! the server from starting threads without bound.
@@ -106,7 +106,7 @@ fn main() {
         common::demo::run(
             Model::Thread,
             clients,
-            "All clients connect at once and are greeted at once: one pid, a thread (tid) each. \
+            "The clients connect 100 ms apart and each is greeted at once: one pid, a thread (tid) each. \
              INCR counts across them, and each SAY reaches the others as a MSG.",
             |i| {
                 vec![
@@ -268,19 +268,25 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
     if let Err(e) = session::set_idle_timeout(&stream, server.idle_timeout) {
         narrate!("cannot set the idle timeout of client {id}: {e}");
     }
-    // One socket, three owners: this thread reads from it, the writer thread writes to it, the
-    // room keeps it to shut it down. It is closed when the last `Arc` is dropped.
-    let socket = Arc::new(stream);
-    let (mut outbox, writer) = match outbox::open(Arc::clone(&socket), id) {
+    // TCP_NODELAY: each reply leaves at once. A request/reply protocol gains nothing from
+    // Nagle's algorithm, and a BYE it held back behind an unacknowledged reply could be lost.
+    if let Err(e) = stream.set_nodelay(true) {
+        narrate!("cannot set TCP_NODELAY on client {id}: {e}");
+    }
+    // This thread reads from the socket and writes its replies; the writer thread writes the
+    // MSG lines other clients send (see outbox.rs).
+    let (mut replies, outbox, writer) = match outbox::open(&stream, id) {
         Ok(opened) => opened,
         Err(e) => {
             narrate!("cannot start the writer thread of client {id}: {e}; closing it");
             return;
         }
     };
-    // From here other clients' SAY reach this one. The seat leaves the room when dropped, even
-    // if this thread panics (PANIC): the unwinding drops it.
-    let seat = server.room.join(id, Arc::clone(&socket), outbox.sender());
+    // The room keeps the socket too (an `Arc`: shared ownership), to shut it down. From here
+    // other clients' SAY reach this one. The seat leaves the room when dropped, even if this
+    // thread panics (PANIC): the unwinding drops it.
+    let socket = Arc::new(stream);
+    let seat = server.room.join(id, Arc::clone(&socket), outbox);
     narrate!(
         "serving client {id} ({peer}) in this thread; {} in the chat room",
         server.room.len()
@@ -290,11 +296,10 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
         id,
         allow_panic: server.allow_panic,
     };
-    let ending = session::serve_blocking(&*socket, &mut outbox, &client, &mut &*server);
+    let ending = session::serve_blocking(&*socket, &mut replies, &client, &mut &*server);
+    // Leaving the room drops the outbox's sender: the writer thread writes what is still
+    // queued, ends, and lets go of its descriptor. The socket closes with the last one.
     drop(seat);
-    // With every sender gone, the writer sends what is still queued (the last reply, BYE), ends,
-    // and lets go of the socket.
-    drop(outbox);
     let _ = writer.join();
     narrate!("client {id} {ending}; done with it");
 }

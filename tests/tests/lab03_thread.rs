@@ -5,11 +5,13 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use socket2::{Domain, Socket, Type};
 use tests::{
     help_listing, procfs, run_binary, run_demo, spawn_client, wait_until, Client, Demo, Server,
 };
@@ -240,6 +242,110 @@ fn a_client_that_never_reads_does_not_stop_say_reaching_the_others() {
     assert_eq!(reader.next_message(), Ok(format!("MSG {sender_id} after")));
     // What the sleepy client experiences: whatever was already on its way, then the close.
     assert!(sleepy.closes(), "the server disconnected the sleepy client");
+}
+
+#[test]
+fn a_reply_and_a_msg_line_never_interleave_under_a_say_storm() {
+    // Two threads of the server write to the victim's socket: its own thread (the ECHO replies)
+    // and its writer thread (the MSG lines of the sayer's SAYs). Each holds the socket's write
+    // lock for a whole line. We keep megabytes of replies on their way and read them slowly
+    // (a tiny receive buffer, 32-byte reads), so that the server's send buffer is full and its
+    // write()s wait half-done: without the lock, the other thread's line would then land
+    // inside this one. (Without the lock this test failed 8 runs out of 8.)
+    let server = Server::start(SERVER, &[]);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr: SocketAddr = ([127, 0, 0, 1], server.port()).into();
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(10))
+        .expect("connect");
+    let victim: TcpStream = socket.into();
+    victim
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut lines = BufReader::with_capacity(32, victim.try_clone().expect("clone"));
+    let mut read_line = || {
+        let mut line = String::new();
+        match lines.read_line(&mut line) {
+            Ok(0) => panic!("the server closed the victim's connection"),
+            Ok(_) => line.trim_end_matches('\n').to_string(),
+            Err(e) => panic!("reading the victim's next line: {e}"),
+        }
+    };
+    assert!(read_line().starts_with("HELLO "));
+
+    const SAYS: usize = 1000;
+    const ECHOES: usize = 4000;
+    // Lines on their way to us: replies by the megabyte, but at most 16 MSG lines, so that the
+    // victim's outbox (32 lines) never fills and it is never cut off.
+    const ECHOES_IN_FLIGHT: usize = 1000;
+    const SAYS_IN_FLIGHT: usize = 16;
+    let text = "m".repeat(4000);
+    let payload = "r".repeat(4000);
+
+    // Calls `send(i)` for each i in 0..count, at most `in_flight` lines ahead of what the
+    // victim has read (it hands back one credit per line it reads).
+    fn sender(
+        count: usize,
+        in_flight: usize,
+        mut send: impl FnMut(usize) + Send + 'static,
+    ) -> (mpsc::SyncSender<()>, thread::JoinHandle<()>) {
+        let (credit, credits) = mpsc::sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            credit.send(()).unwrap();
+        }
+        let thread = thread::spawn(move || {
+            for i in 0..count {
+                credits
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the victim stopped reading");
+                send(i);
+            }
+        });
+        (credit, thread)
+    }
+    let mut sayer = server.greeted();
+    let sayer_id = sayer.client_id();
+    let said = text.clone();
+    let (say_credit, storm) = sender(SAYS, SAYS_IN_FLIGHT, move |i| {
+        assert_eq!(sayer.request(&format!("SAY {i} {said}")), "OK");
+    });
+    let mut requests = victim.try_clone().expect("clone");
+    let echoed = payload.clone();
+    let (echo_credit, pipeline) = sender(ECHOES, ECHOES_IN_FLIGHT, move |k| {
+        requests
+            .write_all(format!("ECHO {k} {echoed}\n").as_bytes())
+            .expect("send ECHO");
+    });
+
+    let (mut replies, mut messages) = (0, 0);
+    while messages < SAYS || replies < ECHOES {
+        let line = read_line();
+        if line.starts_with("MSG ") {
+            let expected = format!("MSG {sayer_id} {messages} {text}");
+            assert!(
+                line == expected,
+                "MSG {messages} is not whole ({} bytes, {} expected): {line:.60}...",
+                line.len(),
+                expected.len()
+            );
+            messages += 1;
+            let _ = say_credit.send(()); // the sayer may send one more
+        } else {
+            let expected = format!("OK {replies} {payload}");
+            assert!(
+                line == expected,
+                "reply {replies} is not whole ({} bytes, {} expected): {line:.60}...",
+                line.len(),
+                expected.len()
+            );
+            replies += 1;
+            let _ = echo_credit.send(());
+        }
+    }
+    storm.join().expect("the sayer's thread");
+    pipeline.join().expect("the victim's sending thread");
+    eprintln!("{messages} MSG lines and {replies} replies, every one whole");
 }
 
 #[test]

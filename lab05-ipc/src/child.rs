@@ -12,10 +12,14 @@
 //! ```
 //!
 //! It is the event loop of lab04 in miniature, with one client instead of many.
+//!
+//! With `--ipc sysv` the middle descriptor is not a queue (a System V queue cannot be polled) but
+//! the child's *chat pipe*, into which its `SIGUSR1` handler writes a byte when a sender says
+//! "there is mail for you"; the child then `msgrcv`s its messages (see `sysv.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::framing::LineFramer;
@@ -26,13 +30,16 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::chat::{self, Queue};
 use crate::names;
-use crate::shm::Board;
+use crate::shm::{Board, Listener};
+use crate::sysv::{self, MsgQueue};
 
 /// A client that does not take its bytes for this long is given up on (it does not read).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many queued messages are passed on per wake-up, so a busy chat cannot keep the
 /// child from reading its own client's requests.
 const DELIVER_PER_WAKE: usize = 16;
+/// `--ipc sysv`: how often a `SAY` retries a full System V queue (it cannot be polled for room).
+const SYSV_RETRY: Duration = Duration::from_millis(10);
 
 /// Everything one child uses. It implements [`Shared`]: `INCR` and `SAY` go through IPC.
 struct Child<'a> {
@@ -47,6 +54,8 @@ struct Child<'a> {
     server: u32,
     /// A buffer for `mq_receive`, which wants room for the largest message.
     inbox: Vec<u8>,
+    /// `--ipc sysv`: the server's one System V queue and our chat pipe (instead of `queue`).
+    sysv: Option<(MsgQueue, OwnedFd)>,
 }
 
 /// Serves `client` on `stream` in this (forked) child until the client leaves or the server
@@ -57,6 +66,7 @@ pub fn serve(
     client: &Client,
     board: &Board,
     server: u32,
+    sysv_queue: Option<MsgQueue>,
     idle_timeout: Option<Duration>,
 ) -> Ending {
     let pid = std::process::id() as i32;
@@ -82,7 +92,10 @@ pub fn serve(
         narrate!("cannot set the socket options of client {}: {e}", client.id);
     }
     let queue_name = names::queue_name(server, pid);
-    let queue = open_my_queue(board, pid, client.id, &queue_name);
+    let (queue, sysv) = match sysv_queue {
+        None => (open_my_queue(board, pid, client.id, &queue_name), None),
+        Some(shared) => (None, join_sysv_chat(board, pid, client.id, shared)),
+    };
     let mut child = Child {
         stream: &stream,
         board,
@@ -91,6 +104,7 @@ pub fn serve(
         pid,
         server,
         inbox: vec![0; chat::MESSAGE_SIZE as usize],
+        sysv,
     };
     let ending = child.run(client, idle_timeout);
 
@@ -103,7 +117,37 @@ pub fn serve(
         }
     }
     board.unregister(pid);
+    if let Some((shared, _pipe)) = &child.sysv {
+        // Messages sent to us after our last look would take room in the shared queue: drop them.
+        shared.drain(pid);
+    }
     ending
+}
+
+/// `--ipc sysv`: make our chat pipe (so a wake-up has somewhere to go), then write our row on the
+/// board (from then on, senders send us messages of type `pid` and `SIGUSR1`).
+fn join_sysv_chat(
+    board: &Board,
+    pid: i32,
+    client: u64,
+    shared: MsgQueue,
+) -> Option<(MsgQueue, OwnedFd)> {
+    let pipe = match sysv::chat_pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            narrate!("cannot make the chat pipe: {e}; client {client} will get no chat messages");
+            return None;
+        }
+    };
+    if board.register(pid, client).is_none() {
+        narrate!("the board is full: client {client} will get no chat messages");
+        return None;
+    }
+    narrate!(
+        "listening for messages of type {pid} in System V queue msqid {} (woken by SIGUSR1)",
+        shared.id
+    );
+    Some((shared, pipe))
 }
 
 /// Writes our row on the board, then creates our queue (in that order, so that a crashed
@@ -207,6 +251,9 @@ impl Child<'_> {
         if let Some(queue) = &self.queue {
             fds.push(PollFd::new(queue.as_fd(), PollFlags::POLLIN));
         }
+        if let Some((_, pipe)) = &self.sysv {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
         poll(&mut fds, timeout)?;
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         Ok((ready(&fds[0]), fds.get(2).is_some_and(ready)))
@@ -214,6 +261,9 @@ impl Child<'_> {
 
     /// Takes messages out of our queue and writes each to the client as a line.
     fn deliver_queued(&mut self) -> io::Result<()> {
+        if self.sysv.is_some() {
+            return self.deliver_sysv();
+        }
         let Some(queue) = &self.queue else {
             return Ok(());
         };
@@ -236,6 +286,83 @@ impl Child<'_> {
         Ok(())
     }
 
+    /// `--ipc sysv`: empty the chat pipe *first*, then take our messages (type = our pid) out of
+    /// the shared queue until there is none. A message sent after we looked brings its own
+    /// `SIGUSR1`, hence a new byte in the pipe: no wake-up is lost.
+    fn deliver_sysv(&mut self) -> io::Result<()> {
+        let Some((queue, pipe)) = &self.sysv else {
+            return Ok(());
+        };
+        sysv::empty_pipe(pipe.as_raw_fd());
+        for _ in 0..DELIVER_PER_WAKE {
+            let n = match queue.try_receive(self.pid, &mut self.inbox) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    narrate!("msgrcv from msqid {} failed: {e}", queue.id);
+                    return Ok(());
+                }
+            };
+            let mut line = Vec::with_capacity(n + 1);
+            line.extend_from_slice(&self.inbox[..n]);
+            line.push(b'\n');
+            let mut writer = self.stream;
+            writer.write_all(&line)?;
+        }
+        // More may wait, but our client comes first: a byte in our own pipe brings us back.
+        sysv::wake_myself();
+        Ok(())
+    }
+
+    /// `--ipc sysv`'s `SAY`: `msgsnd` a message of type `pid` for each other child, then wake it
+    /// with `SIGUSR1`. A full queue (EAGAIN; `msgmnb` bytes for all children together) cannot be
+    /// polled for room, so we retry every [`SYSV_RETRY`], delivering our own messages meanwhile
+    /// (that frees room too), for at most [`chat::SEND_WAIT`] in all.
+    fn say_sysv(&mut self, message: &str) -> Result<(), String> {
+        let Some((queue, _)) = &self.sysv else {
+            return Err("the chat is not available to this client".into());
+        };
+        let queue = *queue;
+        let mut pending: Vec<Listener> = self.board.listeners(self.pid);
+        let mut missed = Vec::new();
+        let mut delivered = 0;
+        let deadline = Instant::now() + chat::SEND_WAIT;
+        loop {
+            pending.retain(
+                |listener| match queue.try_send(listener.pid, message.as_bytes()) {
+                    Ok(true) => {
+                        delivered += 1;
+                        // ESRCH: that child just ended; the parent drains its messages.
+                        if let Err(e) = sysv::wake(listener.pid) {
+                            narrate!("cannot wake child {} (SIGUSR1): {e}", listener.pid);
+                        }
+                        false
+                    }
+                    Ok(false) => true,
+                    Err(e) => {
+                        narrate!("msgsnd for client {} failed: {e}", listener.client);
+                        missed.push(listener.client);
+                        false
+                    }
+                },
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pending.is_empty() || left.is_zero() || signals::requested() {
+                break;
+            }
+            let mut fds = vec![PollFd::new(self.wake, PollFlags::POLLIN)];
+            if let Some((_, pipe)) = &self.sysv {
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = PollTimeout::try_from(left.min(SYSV_RETRY)).unwrap_or(PollTimeout::MAX);
+            let _ = poll(&mut fds, timeout); // EINTR (a SIGUSR1) is fine: we retry either way
+            let _ = self.deliver_sysv();
+        }
+        missed.extend(pending.iter().map(|listener| listener.client));
+        missed_report(missed, delivered)
+    }
+
     fn send(&self, line: &str) -> io::Result<()> {
         session::send_line(&mut &*self.stream, line)
     }
@@ -251,6 +378,9 @@ impl Shared for Child<'_> {
     /// happens when a queue is full).
     fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
         let message = protocol::msg(from, text);
+        if self.sysv.is_some() {
+            return self.say_sysv(&message);
+        }
         let mut missed = Vec::new();
         // Open each recipient's queue, for this message only: an open descriptor keeps a queue's
         // memory counted, so we must not hold on to other children's queues.
@@ -320,16 +450,21 @@ impl Shared for Child<'_> {
         }
         // `pending` is dropped here: every queue we opened is closed (mq_close).
         missed.extend(pending.iter().map(|(client, _)| *client));
-        if missed.is_empty() {
-            return Ok(());
-        }
-        missed.sort_unstable();
-        let who: Vec<String> = missed.iter().map(u64::to_string).collect();
-        Err(format!(
-            "client {} missed it: queue full for {} ms; delivered to {delivered} other client{}",
-            who.join(", "),
-            chat::SEND_WAIT.as_millis(),
-            if delivered == 1 { "" } else { "s" }
-        ))
+        missed_report(missed, delivered)
     }
+}
+
+/// `Ok` if nobody missed the message, else the `ERR` text naming who did.
+fn missed_report(mut missed: Vec<u64>, delivered: usize) -> Result<(), String> {
+    if missed.is_empty() {
+        return Ok(());
+    }
+    missed.sort_unstable();
+    let who: Vec<String> = missed.iter().map(u64::to_string).collect();
+    Err(format!(
+        "client {} missed it: queue full for {} ms; delivered to {delivered} other client{}",
+        who.join(", "),
+        chat::SEND_WAIT.as_millis(),
+        if delivered == 1 { "" } else { "s" }
+    ))
 }

@@ -25,11 +25,17 @@
 //! client), reap them all, remove the IPC objects, exit 0. What lab05 adds to the parent is only
 //! the IPC housekeeping: create the shared memory before the first fork, remove what a crashed
 //! child left behind when it is reaped, remove everything at the end.
+//!
+//! `--ipc sysv` does the same with **System V** IPC, the kind `ipcs` lists: the board in a
+//! System V shared-memory segment, and the chat through *one* System V message queue whose
+//! messages are typed with the recipient child's pid, the recipient woken by `SIGUSR1` since
+//! such a queue cannot be polled (`sysv.rs`).
 
 mod chat;
 mod child;
 mod names;
 mod shm;
+mod sysv;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,6 +49,7 @@ use common::{narrate, signals, Model};
 use nix::unistd::{fork, getppid, ForkResult};
 
 use crate::shm::{Board, SharedMemory};
+use crate::sysv::{MsgQueue, Segment};
 
 /// The fork server of lab05, whose children share a counter (shared memory) and a chat
 /// (message queues).
@@ -58,6 +65,37 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=shm::SLOTS as i64))]
     max_children: u32,
+
+    /// Which IPC the children share through: posix (shm_open + one mq_open queue per child, in
+    /// /dev/shm) or sysv (shmget + one msgget queue typed by child pid, woken by SIGUSR1; see
+    /// them with `ipcs -m -q`).
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = Ipc::Posix)]
+    ipc: Ipc,
+}
+
+/// The two kinds of IPC (`--ipc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Ipc {
+    /// POSIX shared memory and message queues.
+    Posix,
+    /// System V shared memory and message queues.
+    Sysv,
+}
+
+/// Where the board lives: a POSIX shared-memory object or a System V segment. Either way it is
+/// the same bytes, mapped before the first fork.
+enum Memory {
+    Posix(SharedMemory),
+    Sysv(Segment),
+}
+
+impl Memory {
+    fn board(&self) -> &Board {
+        match self {
+            Memory::Posix(memory) => memory.board(),
+            Memory::Sysv(segment) => segment.board(),
+        }
+    }
 }
 
 /// The listen backlog: clients beyond `--max-children` wait here.
@@ -109,8 +147,9 @@ fn main() {
     }
     let server = std::process::id();
 
-    // Leftovers of servers that were killed (SIGKILL) before they could clean up.
+    // Leftovers of servers that were killed (SIGKILL) before they could clean up, of either kind.
     names::remove_stale(server);
+    sysv::remove_stale(server);
 
     // socket() + bind() + listen(backlog), first: if the port is taken we exit at once, before
     // creating anything that would then be left behind.
@@ -120,31 +159,114 @@ fn main() {
     // inherits the mapping and they all see the same pages. (Clients that connect meanwhile wait
     // in the accept queue.)
     let shm_name = names::shm_name(server);
-    let memory = match SharedMemory::create(&shm_name) {
-        Ok(memory) => memory,
-        Err(e) => common::exit_with_error(&format!("cannot create shared memory {shm_name}: {e}")),
+    let (memory, queue) = match args.ipc {
+        Ipc::Posix => {
+            let memory = match SharedMemory::create(&shm_name) {
+                Ok(memory) => memory,
+                Err(e) => {
+                    common::exit_with_error(&format!("cannot create shared memory {shm_name}: {e}"))
+                }
+            };
+            narrate!(
+                "created shared memory {shm_name} ({} bytes: the INCR counter and the board of {} children)",
+                std::mem::size_of::<Board>(),
+                shm::SLOTS
+            );
+            explain_queue_budget(args.max_children);
+            (Memory::Posix(memory), None)
+        }
+        Ipc::Sysv => {
+            let (segment, queue) = create_sysv(server);
+            (Memory::Sysv(segment), Some(queue))
+        }
     };
-    narrate!(
-        "created shared memory {shm_name} ({} bytes: the INCR counter and the board of {} children)",
-        std::mem::size_of::<Board>(),
-        shm::SLOTS
-    );
-    explain_queue_budget(args.max_children);
 
-    serve_forever(listener, memory.board(), server, &args);
+    serve_forever(listener, memory.board(), server, queue, &args);
 
     // Stopped: no child is left. Remove what crashed children left, then the shared memory.
-    clean_up_after_crashed_children(memory.board(), server);
-    drop(memory); // munmap
-    match shm::remove(&shm_name) {
-        Ok(()) => narrate!("removed shared memory {shm_name}"),
-        Err(e) => narrate!("cannot remove shared memory {shm_name}: {e}"),
+    clean_up_after_crashed_children(memory.board(), server, queue);
+    match memory {
+        Memory::Posix(memory) => {
+            drop(memory); // munmap
+            match shm::remove(&shm_name) {
+                Ok(()) => narrate!("removed shared memory {shm_name}"),
+                Err(e) => narrate!("cannot remove shared memory {shm_name}: {e}"),
+            }
+        }
+        Memory::Sysv(segment) => {
+            let id = segment.id;
+            drop(segment); // shmdt
+            match sysv::remove_segment(id) {
+                Ok(()) => narrate!("removed shared memory: System V segment shmid {id} (IPC_RMID)"),
+                Err(e) => narrate!("cannot remove System V segment shmid {id}: {e}"),
+            }
+        }
+    }
+    if let Some(queue) = queue {
+        match sysv::remove_queue(queue.id) {
+            Ok(()) => narrate!(
+                "removed System V message queue msqid {} (IPC_RMID)",
+                queue.id
+            ),
+            Err(e) => narrate!(
+                "cannot remove System V message queue msqid {}: {e}",
+                queue.id
+            ),
+        }
     }
     narrate!("shutting down: every child reaped, every IPC object removed; bye");
 }
 
+/// `--ipc sysv`: the SIGUSR1 handler (before any fork), the segment and the one queue.
+fn create_sysv(server: u32) -> (Segment, MsgQueue) {
+    if let Err(e) = sysv::install_wake_handler() {
+        common::exit_with_error(&format!("cannot install the SIGUSR1 handler: {e}"));
+    }
+    let key = sysv::key(sysv::Kind::Memory, server);
+    let segment = match Segment::create(key) {
+        Ok(segment) => segment,
+        Err(e) => common::exit_with_error(&format!(
+            "cannot create System V shared memory key {key:#010x}: {e}"
+        )),
+    };
+    narrate!(
+        "created System V shared memory: key {key:#010x} shmid {} ({} bytes: the INCR counter and the board of {} children)",
+        segment.id,
+        std::mem::size_of::<Board>(),
+        shm::SLOTS
+    );
+    let key = sysv::key(sysv::Kind::Queue, server);
+    let queue = match MsgQueue::create(key) {
+        Ok(queue) => queue,
+        Err(e) => {
+            let _ = sysv::remove_segment(segment.id);
+            common::exit_with_error(&format!(
+                "cannot create System V message queue key {key:#010x}: {e}"
+            ))
+        }
+    };
+    let limit = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    narrate!(
+        "created System V message queue: key {key:#010x} msqid {} (one for all children, mtype = the recipient's pid; msgmnb {} bytes per queue, msgmax {} per message)",
+        queue.id,
+        limit("msgmnb"),
+        limit("msgmax")
+    );
+    (segment, queue)
+}
+
 /// The parent's loop: accept, fork, repeat; until SIGINT/SIGTERM, then stop the children.
-fn serve_forever(listener: TcpListener, board: &Board, server: u32, args: &Args) {
+fn serve_forever(
+    listener: TcpListener,
+    board: &Board,
+    server: u32,
+    queue: Option<MsgQueue>,
+    args: &Args,
+) {
     // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
     let listener_watch = signals::wake_on_shutdown(&listener);
     let max = args.max_children as usize;
@@ -153,13 +275,13 @@ fn serve_forever(listener: TcpListener, board: &Board, server: u32, args: &Args)
     loop {
         // Narrate the children that ended (the SIGCHLD handler already reaped them) and remove
         // what the crashed ones left in the shared memory and the queues.
-        after_reaping(children.reap(), board, server);
+        after_reaping(children.reap(), board, server, queue);
         if children.len() >= max && !signals::requested() {
             narrate!(
                 "{} children: the --max-children cap; not accepting until one ends (new clients wait in the accept queue)",
                 children.len()
             );
-            after_reaping(children.wait_until_fewer_than(max), board, server);
+            after_reaping(children.wait_until_fewer_than(max), board, server, queue);
         }
         if signals::requested() {
             break;
@@ -194,9 +316,15 @@ fn serve_forever(listener: TcpListener, board: &Board, server: u32, args: &Args)
                     children.len()
                 );
             }
-            Ok(ForkResult::Child) => {
-                child_main(listener, stream, peer, &client, board, server, args)
-            }
+            Ok(ForkResult::Child) => child_main(
+                listener,
+                (stream, peer),
+                &client,
+                board,
+                server,
+                queue,
+                args,
+            ),
             Err(e) => narrate!(
                 "fork() failed for client {}: {e}; closing its connection",
                 client.id
@@ -211,11 +339,11 @@ fn serve_forever(listener: TcpListener, board: &Board, server: u32, args: &Args)
 /// A child: serves its one client and exits. It never returns into the parent's loop.
 fn child_main(
     listener: TcpListener,
-    stream: TcpStream,
-    peer: SocketAddr,
+    (stream, peer): (TcpStream, SocketAddr),
     client: &Client,
     board: &Board,
     server: u32,
+    queue: Option<MsgQueue>,
     args: &Args,
 ) -> ! {
     // fork() copied the parent's signal setup and its watched sockets: drop the parent's business.
@@ -234,7 +362,7 @@ fn child_main(
     let idle = args.server.idle_timeout.map(Duration::from_secs);
     // A PANIC unwinds to here and becomes exit status 101; it never unwinds into the parent's code.
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        child::serve(stream, client, board, server, idle)
+        child::serve(stream, client, board, server, queue, idle)
     }));
     let status = match served {
         Ok(ending) => {
@@ -254,25 +382,42 @@ fn child_main(
 
 /// After children were reaped: a child that ended normally removed its queue and left the board
 /// itself; one that crashed (PANIC, kill -9) could not, so the parent does it for it.
-fn after_reaping(ended: Vec<Ended<Served>>, board: &Board, server: u32) {
+fn after_reaping(ended: Vec<Ended<Served>>, board: &Board, server: u32, queue: Option<MsgQueue>) {
     for child in ended {
-        remove_leftovers_of(child.pid.as_raw(), board, server);
+        remove_leftovers_of(child.pid.as_raw(), board, server, queue);
     }
 }
 
-/// Removes child `pid`'s queue and board row if it left them behind.
-fn remove_leftovers_of(pid: i32, board: &Board, server: u32) {
-    let queue = names::queue_name(server, pid);
-    if chat::remove(&queue).is_ok() {
-        narrate!("removed message queue {queue}, which child {pid} left behind");
+/// Removes child `pid`'s queue (posix) or its unread messages (sysv), and its board row, if it
+/// left them behind.
+fn remove_leftovers_of(pid: i32, board: &Board, server: u32, queue: Option<MsgQueue>) {
+    match queue {
+        // Messages typed with a dead child's pid would take room in the shared queue for ever:
+        // leave the board first (no new sender finds that pid), then drain them.
+        Some(queue) => {
+            board.unregister(pid);
+            let dropped = queue.drain(pid);
+            if dropped > 0 {
+                narrate!(
+                    "dropped {dropped} message(s) for child {pid} from System V queue msqid {}",
+                    queue.id
+                );
+            }
+        }
+        None => {
+            let name = names::queue_name(server, pid);
+            if chat::remove(&name).is_ok() {
+                narrate!("removed message queue {name}, which child {pid} left behind");
+            }
+            board.unregister(pid);
+        }
     }
-    board.unregister(pid);
 }
 
 /// At the end: every row still on the board is a child that did not clean up after itself.
-fn clean_up_after_crashed_children(board: &Board, server: u32) {
+fn clean_up_after_crashed_children(board: &Board, server: u32, queue: Option<MsgQueue>) {
     for child in board.listeners(0) {
-        remove_leftovers_of(child.pid, board, server);
+        remove_leftovers_of(child.pid, board, server, queue);
     }
 }
 

@@ -671,3 +671,274 @@ fn a_port_in_use_is_a_clear_error_that_leaves_nothing_behind() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert_eq!(shm_objects_of(pid), Vec::<String>::new(), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `--ipc sysv`: the same server with System V shared memory and one System V message queue.
+// The objects are found in /proc/sysvipc by their keys, which the server derives from its pid:
+// 0x1<pid in 7 decimal digits> for the segment, 0x2<...> for the queue.
+// ---------------------------------------------------------------------------------------------
+
+const SYSV: [&str; 2] = ["--ipc", "sysv"];
+
+/// The key of server `pid`'s System V object: `kind` 1 = segment, 2 = queue.
+fn sysv_key(kind: u32, pid: i32) -> i64 {
+    i64::from_str_radix(&format!("{kind}{pid:07}"), 16).expect("a key")
+}
+
+/// The rows (split in columns) of `/proc/sysvipc/<table>` whose key is `key`. Column 1 is the id;
+/// in `shm`, column 4 is the creator's pid (cpid); in `msg`, column 4 is the number of messages.
+fn sysv_rows(table: &str, key: i64) -> Vec<Vec<String>> {
+    std::fs::read_to_string(format!("/proc/sysvipc/{table}"))
+        .expect("read /proc/sysvipc")
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .filter(|fields: &Vec<String>| fields.first().and_then(|k| k.parse().ok()) == Some(key))
+        .collect()
+}
+
+/// Server `pid`'s segment and queue rows.
+fn sysv_objects_of(pid: i32) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    (
+        sysv_rows("shm", sysv_key(1, pid)),
+        sysv_rows("msg", sysv_key(2, pid)),
+    )
+}
+
+#[test]
+fn sysv_three_clients_three_children_one_counter_in_a_system_v_segment() {
+    let server = start(&SYSV);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
+    assert_eq!(pids.len(), 3, "three distinct serving processes: {pids:?}");
+    assert!(!pids.contains(&server.pid()));
+    let counts: Vec<String> = clients.iter_mut().map(|c| c.request("INCR")).collect();
+    assert_eq!(counts, ["OK 1", "OK 2", "OK 3"]);
+    // One segment, made by the server (cpid), attached by it and its three children; one queue.
+    let (shm, msg) = sysv_objects_of(server.pid());
+    assert_eq!(shm.len(), 1, "{}", server.stderr());
+    assert_eq!(shm[0][4], server.pid().to_string(), "cpid: {:?}", shm[0]);
+    assert_eq!(shm[0][6], "4", "nattch: {:?}", shm[0]);
+    assert_eq!(msg.len(), 1, "{}", server.stderr());
+    // And nothing in /dev/shm: this is not POSIX shared memory.
+    assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
+    assert!(server.narrates(&format!("shmid {} ", shm[0][1])));
+    assert!(server.narrates(&format!("msqid {} ", msg[0][1])));
+    for pid in [server.pid()].into_iter().chain(pids) {
+        assert_eq!(
+            procfs::threads(pid).len(),
+            1,
+            "process {pid} is single-threaded"
+        );
+    }
+}
+
+#[test]
+fn sysv_say_reaches_the_others_and_not_the_sender() {
+    let server = start(&SYSV);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let mut c = server.greeted();
+    let a_id = a.client_id();
+    assert_eq!(a.request("SAY hello from a"), "OK");
+    // b and c are silent: only the SIGUSR1 wake-up makes their children look in the queue.
+    assert_eq!(b.next_message(), Ok(format!("MSG {a_id} hello from a")));
+    assert_eq!(c.next_message(), Ok(format!("MSG {a_id} hello from a")));
+    assert!(got_no_message(&mut a), "the sender got: {:?}", a.messages);
+    let c_id = c.client_id();
+    assert_eq!(c.request("SAY and from c"), "OK");
+    assert_eq!(a.next_message(), Ok(format!("MSG {c_id} and from c")));
+    assert_eq!(b.next_message(), Ok(format!("MSG {c_id} and from c")));
+    assert!(got_no_message(&mut c));
+    // Everything was taken out of the one queue.
+    let (_, msg) = sysv_objects_of(server.pid());
+    assert_eq!(msg[0][4], "0", "messages left in the queue: {:?}", msg[0]);
+}
+
+#[test]
+fn sysv_a_4096_byte_say_arrives_whole() {
+    let server = start(&SYSV);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let a_id = a.client_id();
+    let text: String = (0..4092)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let line = format!("SAY {text}");
+    assert_eq!(line.len(), 4096);
+    // Twice: the second one also shows the first left no bytes behind in the queue.
+    for _ in 0..2 {
+        assert_eq!(a.request(&line), "OK");
+        assert_eq!(b.next_message(), Ok(format!("MSG {a_id} {text}")));
+    }
+    assert!(got_no_message(&mut b));
+}
+
+#[test]
+fn sysv_sigterm_removes_the_segment_the_queue_and_every_child() {
+    let mut server = start(&SYSV);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
+    assert_eq!(clients[0].request("INCR"), "OK 1");
+    assert_eq!(clients[0].request("SAY hi"), "OK");
+    let (shm, msg) = sysv_objects_of(server.pid());
+    assert_eq!((shm.len(), msg.len()), (1, 1));
+    let pids: Vec<i32> = clients.iter().map(Client::serving_pid).collect();
+
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    for client in &mut clients {
+        assert_eq!(client.last_line(), "BYE", "each client is told");
+    }
+    let (shm_after, msg_after) = sysv_objects_of(server.pid());
+    assert_eq!(shm_after, Vec::<Vec<String>>::new(), "{}", server.stderr());
+    assert_eq!(msg_after, Vec::<Vec<String>>::new(), "{}", server.stderr());
+    // Not even under another key (a removed but still attached segment gets key 0).
+    let ids = |table: &str| -> Vec<String> {
+        sysv_rows(table, 0)
+            .into_iter()
+            .map(|f| f[1].clone())
+            .collect()
+    };
+    assert!(
+        !ids("shm").contains(&shm[0][1]),
+        "segment {} is left",
+        shm[0][1]
+    );
+    for pid in pids {
+        assert!(!procfs::alive(pid), "child {pid} is still running");
+        assert!(
+            procfs::stat(pid).is_none(),
+            "child {pid} is left as a zombie"
+        );
+    }
+    assert!(server.narrates("(IPC_RMID)"), "{}", server.stderr());
+}
+
+#[test]
+fn sysv_the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
+    let lock = startup_lock(true); // no other server starts (and cleans) meanwhile
+    let mut killed = Server::start(SERVER, &SYSV);
+    let mut a = killed.greeted();
+    let mut b = killed.greeted();
+    assert_eq!(a.request("INCR"), "OK 1");
+    assert_eq!(b.request("SAY unread by a dead server"), "OK");
+    killpg(Pid::from_raw(killed.pid()), Signal::SIGKILL).expect("killpg");
+    assert!(killed.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(wait_until(Duration::from_secs(10), || {
+        procfs::live_in_group(killed.pid()).is_empty()
+    }));
+    let (shm, msg) = sysv_objects_of(killed.pid());
+    assert_eq!((shm.len(), msg.len()), (1, 1), "left behind by SIGKILL");
+
+    let next = Stopping(Server::start(SERVER, &SYSV));
+    drop(lock);
+    assert_eq!(
+        sysv_objects_of(killed.pid()),
+        (vec![], vec![]),
+        "{}",
+        next.stderr()
+    );
+    for (what, id) in [("segment", &shm[0][1]), ("message queue", &msg[0][1])] {
+        let removed = format!("removed stale System V {what} key ");
+        assert!(
+            next.stderr()
+                .lines()
+                .any(|l| l.contains(&removed) && l.contains(&format!(" id {id} "))),
+            "{}",
+            next.stderr()
+        );
+    }
+    let mut c = next.greeted();
+    assert_eq!(c.request("INCR"), "OK 1", "a fresh counter");
+}
+
+#[test]
+fn sysv_a_panic_leaves_the_counter_and_the_chat_working_and_its_mail_is_drained() {
+    let server = start(&["--ipc", "sysv", "--allow-panic"]);
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let mut doomed = server.greeted();
+    let doomed_pid = doomed.serving_pid();
+    assert_eq!(a.request("INCR"), "OK 1");
+    assert_eq!(doomed.request("INCR"), "OK 2");
+    // The doomed child sleeps, then panics without looking at its mail again: a message sent
+    // meanwhile stays in the shared queue, typed with its pid, until the parent drains it. The
+    // three lines arrive in one read(), and the child answers them one after the other without
+    // going back to poll(): once "OK asleep" is here, it will not look at its mail again.
+    doomed.send_raw(b"ECHO asleep\nSLEEP 1000\nPANIC\n");
+    assert_eq!(doomed.read_reply(), Ok("OK asleep".to_string()));
+    let a_id = a.client_id();
+    assert_eq!(a.request("SAY you will not read this"), "OK");
+    assert_eq!(
+        b.next_message(),
+        Ok(format!("MSG {a_id} you will not read this"))
+    );
+    assert!(
+        doomed.closes(),
+        "the panicking child's client is disconnected"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !server
+            .children()
+            .contains(&doomed_pid)),
+        "the panicked child was reaped"
+    );
+    let dropped = format!("dropped 1 message(s) for child {doomed_pid}");
+    assert!(
+        server.narrates_within(&dropped, Duration::from_secs(5)),
+        "{}",
+        server.stderr()
+    );
+    let (_, msg) = sysv_objects_of(server.pid());
+    assert_eq!(msg[0][4], "0", "messages left in the queue: {:?}", msg[0]);
+    assert!(procfs::zombie_children_of(server.pid()).is_empty());
+    assert_eq!(b.request("INCR"), "OK 3");
+    assert_eq!(a.request("SAY still here"), "OK");
+    assert_eq!(b.next_message(), Ok(format!("MSG {a_id} still here")));
+}
+
+#[test]
+fn sysv_a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
+    let server = start(&SYSV);
+    let mut sender = server.greeted();
+    let mut sleeper = server.greeted();
+    let sender_id = sender.client_id();
+    let sleeper_id = sleeper.client_id();
+    // As in the POSIX test: once ECHO is answered, the sleeper's child is in its SLEEP and does
+    // not take its messages out of the (one, shared) queue meanwhile.
+    sleeper.send_raw(b"ECHO ready\nSLEEP 3000\n");
+    assert_eq!(sleeper.read_reply(), Ok("OK ready".into()));
+    let slept = Instant::now();
+    // 4,117-byte messages: msgmnb (16,384 bytes on a default kernel) holds three of them.
+    let text = "z".repeat(4092);
+    let mut said = Vec::new();
+    let mut missed = None;
+    for i in 0..20 {
+        let asked = Instant::now();
+        let reply = sender.request(&format!("SAY {i:04} {}", &text[5..]));
+        if reply == "OK" {
+            said.push(format!("MSG {sender_id} {i:04} {}", &text[5..]));
+            continue;
+        }
+        assert_eq!(
+            reply,
+            format!("ERR client {sleeper_id} missed it: queue full for 500 ms; delivered to 0 other clients")
+        );
+        assert!(
+            asked.elapsed() >= Duration::from_millis(300),
+            "gave up at once"
+        );
+        missed = Some(i);
+        break;
+    }
+    let missed = missed.expect("a SAY into a full System V queue was reported missed");
+    assert!(missed >= 1, "not even one long message fit");
+    assert!(
+        slept.elapsed() < Duration::from_millis(2500),
+        "the test was too slow to check this while the sleeper slept"
+    );
+    assert_eq!(sender.request("ECHO still here"), "OK still here");
+    assert_eq!(sleeper.read_reply(), Ok("OK slept 3000".into()));
+    assert_eq!(messages(&mut sleeper, said.len()), said);
+    assert!(got_no_message(&mut sleeper), "{:?}", sleeper.messages);
+}

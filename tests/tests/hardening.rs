@@ -611,4 +611,6 @@ matrix! {
     // At most 16 children, so 16 message queues: two of these tests at once stay well within the
     // user's queue budget (RLIMIT_MSGQUEUE: 96 queues), with room for another lab05 test.
     ipc: "ipc-server" ["--max-children", "16"];
+    // System V: one queue for the whole server, whatever the number of children.
+    ipc_sysv: "ipc-server" ["--max-children", "16", "--ipc", "sysv"];
 }

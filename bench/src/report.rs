@@ -170,17 +170,7 @@ pub fn soak_verdict(
     after: &Footprint,
     tolerance_kib: u64,
 ) -> String {
-    let mut grew = Vec::new();
-    for (what, base, now) in [
-        ("processes", baseline.processes, after.processes),
-        ("zombies", baseline.zombies, after.zombies),
-        ("threads", baseline.threads, after.threads),
-        ("fds", baseline.fds, after.fds),
-    ] {
-        if base != now {
-            grew.push(format!("{what} {base} → {now}"));
-        }
-    }
+    let mut grew = counts_diff(baseline, after);
     let rss = after.rss_kib as i64 - before.rss_kib as i64;
     if rss > tolerance_kib as i64 {
         grew.push(format!("RSS +{rss} KiB (over {tolerance_kib})"));
@@ -662,7 +652,7 @@ impl Results {
                     Some(s) => format!(
                         "{} ({})",
                         s.footprint.rss_kib,
-                        counts_diff(&r.baseline, &s.footprint)
+                        counts_diff(&r.baseline, &s.footprint).join(", ")
                     ),
                     None => "–".into(),
                 });
@@ -849,8 +839,8 @@ fn kib(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.1}"))
 }
 
-/// What is not back at the baseline, e.g. `fds 6→8`.
-fn counts_diff(base: &Footprint, now: &Footprint) -> String {
+/// What is not back at the baseline, e.g. `fds 6 → 8`, one item per count.
+fn counts_diff(base: &Footprint, now: &Footprint) -> Vec<String> {
     let mut parts = Vec::new();
     for (what, a, b) in [
         ("processes", base.processes, now.processes),
@@ -859,10 +849,10 @@ fn counts_diff(base: &Footprint, now: &Footprint) -> String {
         ("fds", base.fds, now.fds),
     ] {
         if a != b {
-            parts.push(format!("{what} {a}→{b}"));
+            parts.push(format!("{what} {a} → {b}"));
         }
     }
-    parts.join(", ")
+    parts
 }
 
 fn error_cell(count: u64, first: &Option<String>) -> String {

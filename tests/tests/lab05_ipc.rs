@@ -187,13 +187,7 @@ fn three_clients_three_children_one_shared_counter() {
         shm_objects_of(server.pid()),
         [format!("netlabs-ipc-{}-shm", server.pid())]
     );
-    for pid in [server.pid()].into_iter().chain(pids) {
-        assert_eq!(
-            procfs::threads(pid).len(),
-            1,
-            "process {pid} is single-threaded"
-        );
-    }
+    assert_single_threaded([server.pid()].into_iter().chain(pids));
 }
 
 #[test]
@@ -724,13 +718,7 @@ fn sysv_three_clients_three_children_one_counter_in_a_system_v_segment() {
     assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
     assert!(server.narrates(&format!("shmid {} ", shm[0][1])));
     assert!(server.narrates(&format!("msqid {} ", msg[0][1])));
-    for pid in [server.pid()].into_iter().chain(pids) {
-        assert_eq!(
-            procfs::threads(pid).len(),
-            1,
-            "process {pid} is single-threaded"
-        );
-    }
+    assert_single_threaded([server.pid()].into_iter().chain(pids));
 }
 
 #[test]
@@ -941,4 +929,16 @@ fn sysv_a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
     assert_eq!(sleeper.read_reply(), Ok("OK slept 3000".into()));
     assert_eq!(messages(&mut sleeper, said.len()), said);
     assert!(got_no_message(&mut sleeper), "{:?}", sleeper.messages);
+}
+
+/// The server and its children stay single-threaded (code after `fork` in a multi-threaded
+/// process may only call async-signal-safe functions): one task each in `/proc/<pid>/task`.
+fn assert_single_threaded(pids: impl IntoIterator<Item = i32>) {
+    for pid in pids {
+        assert_eq!(
+            procfs::threads(pid).len(),
+            1,
+            "process {pid} is single-threaded"
+        );
+    }
 }

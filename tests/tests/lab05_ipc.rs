@@ -370,16 +370,7 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
     assert_eq!(a.request("INCR"), "OK 1");
     assert_eq!(doomed.request("INCR"), "OK 2");
     doomed.send("PANIC");
-    assert!(
-        doomed.closes(),
-        "the panicking child's client is disconnected"
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || !server
-            .children()
-            .contains(&doomed_pid)),
-        "the panicked child was reaped"
-    );
+    panicked_child_is_gone(&server, &mut doomed, doomed_pid);
     assert!(procfs::zombie_children_of(server.pid()).is_empty());
     // Its queue could not be removed by the child itself: the parent did it when it reaped it.
     assert!(
@@ -861,16 +852,7 @@ fn sysv_a_panic_leaves_the_counter_and_the_chat_working_and_its_mail_is_drained(
         b.next_message(),
         Ok(format!("MSG {a_id} you will not read this"))
     );
-    assert!(
-        doomed.closes(),
-        "the panicking child's client is disconnected"
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || !server
-            .children()
-            .contains(&doomed_pid)),
-        "the panicked child was reaped"
-    );
+    panicked_child_is_gone(&server, &mut doomed, doomed_pid);
     let dropped = format!("dropped 1 message(s) for child {doomed_pid}");
     assert!(
         server.narrates_within(&dropped, Duration::from_secs(5)),
@@ -941,4 +923,18 @@ fn assert_single_threaded(pids: impl IntoIterator<Item = i32>) {
             "process {pid} is single-threaded"
         );
     }
+}
+
+/// A child that panicked: its client is disconnected, and the parent reaps it.
+fn panicked_child_is_gone(server: &Server, doomed: &mut Client, doomed_pid: i32) {
+    assert!(
+        doomed.closes(),
+        "the panicking child's client is disconnected"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !server
+            .children()
+            .contains(&doomed_pid)),
+        "the panicked child was reaped"
+    );
 }

@@ -189,10 +189,25 @@ pub fn serve_blocking<R: io::Read, W: Write>(
     }
 }
 
+/// Prepares a client socket for [`serve_blocking`], right after `accept()`:
+///
+/// - `TCP_NODELAY`: each reply leaves at once. A request/reply protocol gains nothing from
+///   Nagle's algorithm (it holds a small write back until the client acknowledges the previous
+///   one), and a `BYE` held back that way could be lost: closing a socket with unread input
+///   (a client still sending) resets the connection, and what was not sent yet is thrown away.
+/// - `--idle-timeout`, through [`set_idle_timeout`].
+pub fn prepare_client_socket(
+    stream: &std::net::TcpStream,
+    idle_timeout: Option<u64>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    set_idle_timeout(stream, idle_timeout)
+}
+
 /// Applies `--idle-timeout` to a blocking client socket: a `read()` that waits longer fails with
 /// `EAGAIN`, and [`serve_blocking`] then says `BYE idle` and ends the session. `None` changes
 /// nothing (reads wait forever).
-pub fn set_idle_timeout(stream: &std::net::TcpStream, seconds: Option<u64>) -> io::Result<()> {
+fn set_idle_timeout(stream: &std::net::TcpStream, seconds: Option<u64>) -> io::Result<()> {
     match seconds {
         Some(secs) => stream.set_read_timeout(Some(Duration::from_secs(secs))),
         None => Ok(()),

@@ -87,14 +87,9 @@ fn main() {
             "accepted client {} from {peer}; everyone else waits in the accept queue",
             client.id
         );
-        if let Err(e) = session::set_idle_timeout(&stream, args.server.idle_timeout) {
-            narrate!("cannot set the idle timeout of client {}: {e}", client.id);
-        }
-        // TCP_NODELAY: send each reply at once. A request/reply protocol gains nothing from
-        // Nagle's algorithm, and a BYE it held back behind an unacknowledged reply could be lost
-        // when we close a socket with unread input (the kernel then sends RST, not FIN).
-        if let Err(e) = stream.set_nodelay(true) {
-            narrate!("cannot set TCP_NODELAY on client {}: {e}", client.id);
+        // TCP_NODELAY (replies leave at once) and --idle-timeout: see common/src/session.rs.
+        if let Err(e) = session::prepare_client_socket(&stream, args.server.idle_timeout) {
+            narrate!("cannot set the socket options of client {}: {e}", client.id);
         }
         serve(stream, &client, &mut counter);
     }

@@ -224,13 +224,9 @@ fn child_serves_one_client(
 /// Serves one client from `HELLO` to the end in this process; returns the exit status the
 /// child should have (0, or 101 if the session panicked). `next` says what we do after.
 fn serve_one(stream: TcpStream, client: &Client, args: &Args, next: &str) -> i32 {
-    if let Err(e) = session::set_idle_timeout(&stream, args.server.idle_timeout) {
-        narrate!("cannot set the idle timeout of client {}: {e}", client.id);
-    }
-    // TCP_NODELAY: send each reply at once (see lab01: Nagle's algorithm only delays a
-    // request/reply protocol, and could hold back the BYE we send before closing).
-    if let Err(e) = stream.set_nodelay(true) {
-        narrate!("cannot set TCP_NODELAY on client {}: {e}", client.id);
+    // TCP_NODELAY (replies leave at once) and --idle-timeout: see common/src/session.rs.
+    if let Err(e) = session::prepare_client_socket(&stream, args.server.idle_timeout) {
+        narrate!("cannot set the socket options of client {}: {e}", client.id);
     }
     // A stop signal (the parent's SIGTERM at shutdown) must wake us if we are blocked reading.
     let _watch = signals::wake_on_shutdown(&stream);

@@ -265,13 +265,9 @@ fn refuse(stream: &TcpStream, id: u64, why: &str) {
 
 /// Serves one client to the end, in the calling thread (a client thread, or a pool worker).
 fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
-    if let Err(e) = session::set_idle_timeout(&stream, server.idle_timeout) {
-        narrate!("cannot set the idle timeout of client {id}: {e}");
-    }
-    // TCP_NODELAY: each reply leaves at once. A request/reply protocol gains nothing from
-    // Nagle's algorithm, and a BYE it held back behind an unacknowledged reply could be lost.
-    if let Err(e) = stream.set_nodelay(true) {
-        narrate!("cannot set TCP_NODELAY on client {id}: {e}");
+    // TCP_NODELAY (replies leave at once) and --idle-timeout: see common/src/session.rs.
+    if let Err(e) = session::prepare_client_socket(&stream, server.idle_timeout) {
+        narrate!("cannot set the socket options of client {id}: {e}");
     }
     // This thread reads from the socket and writes its replies; the writer thread writes the
     // MSG lines other clients send (see outbox.rs).

@@ -425,10 +425,8 @@ impl Server {
             narrate!("cannot make the socket of {peer} non-blocking: {e}; closing it");
             return;
         }
-        // TCP_NODELAY: each reply leaves at once. A request/reply protocol gains nothing from
-        // Nagle's algorithm, and the BYE we send at shutdown must not wait behind a reply the
-        // client has not acknowledged yet: closing a socket with unread input (a client still
-        // sending) resets the connection, and what was not sent yet is thrown away.
+        // TCP_NODELAY: each reply leaves at once (common::session::prepare_client_socket says
+        // why; this loop keeps its own idle timer, so it sets only this).
         if let Err(e) = stream.set_nodelay(true) {
             narrate!("cannot set TCP_NODELAY on the socket of {peer}: {e}");
         }

@@ -269,12 +269,12 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
     if let Err(e) = session::prepare_client_socket(&stream, server.idle_timeout) {
         narrate!("cannot set the socket options of client {id}: {e}");
     }
-    // This thread reads from the socket and writes its replies; the writer thread writes the
-    // MSG lines other clients send (see outbox.rs).
-    let (mut replies, outbox, writer) = match outbox::open(&stream, id) {
+    // This thread reads from the socket and writes its replies; the MSG lines other clients
+    // send go through its outbox, to a writer thread started by the first one (see outbox.rs).
+    let (mut replies, outbox) = match outbox::open(&stream, id) {
         Ok(opened) => opened,
         Err(e) => {
-            narrate!("cannot start the writer thread of client {id}: {e}; closing it");
+            narrate!("cannot set up the socket of client {id} for writing: {e}; closing it");
             return;
         }
     };
@@ -282,7 +282,9 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
     // other clients' SAY reach this one. The seat leaves the room when dropped, even if this
     // thread panics (PANIC): the unwinding drops it.
     let socket = Arc::new(stream);
-    let seat = server.room.join(id, Arc::clone(&socket), outbox);
+    let seat = server
+        .room
+        .join(id, Arc::clone(&socket), Arc::clone(&outbox));
     narrate!(
         "serving client {id} ({peer}) in this thread; {} in the chat room",
         server.room.len()
@@ -293,9 +295,15 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
         allow_panic: server.allow_panic,
     };
     let ending = session::serve_blocking(&*socket, &mut replies, &client, &mut &*server);
-    // Leaving the room drops the outbox's sender: the writer thread writes what is still
-    // queued, ends, and lets go of its descriptor. The socket closes with the last one.
+    // Leave the room, then stop the writer thread, if one was started: it writes what is still
+    // queued and ends once the outbox is gone (we drop our `Arc` of it *before* waiting: while we
+    // hold it, the writer would wait for more lines forever). The socket closes with the last
+    // of its descriptors.
     drop(seat);
-    let _ = writer.join();
+    let writer = outbox.stop();
+    drop(outbox);
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     narrate!("client {id} {ending}; done with it");
 }

@@ -10,11 +10,17 @@
 //! 2. **A `SAY` never waits for a slow recipient.** A client that stops reading fills its socket
 //!    buffers, and then a `write()` to it blocks: one sleepy client would freeze the chat for
 //!    everyone. So a `MSG` line is not written by the sender's thread: it is put in the
-//!    recipient's *outbox*, a bounded channel of [`OUTBOX_LINES`] lines, with `try_send`, which
-//!    never waits. Each client has a writer thread that takes the lines out and writes them. When
-//!    the outbox is full the recipient has stopped reading, and the chat room disconnects it
-//!    (see `room.rs`).
+//!    recipient's [`Outbox`], a bounded channel of [`OUTBOX_LINES`] lines, with `try_send`, which
+//!    never waits. A writer thread of the recipient takes the lines out and writes them. When the
+//!    outbox is full the recipient has stopped reading, and the chat room disconnects it (see
+//!    `room.rs`).
 //!
+//! The writer thread is started by the first `MSG` line a client is sent, not when it connects:
+//! most connections never take part in a chat, and starting a thread is the most expensive thing
+//! this server does for a connection (a `clone3` system call, and an `mmap` for the new stack).
+//! With a writer thread for every connection, the bench measured `--pool 8` serving 2.0× the
+//! connections per second of lab02's fork per client; without, see docs/benchmarks.md.
+
 //! A client's own replies take the short way: its thread writes them itself, under the same
 //! lock. If its client is slow, only that thread waits; and a client that takes nothing for
 //! [`WRITE_TIMEOUT`] is disconnected.
@@ -31,7 +37,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -103,31 +109,112 @@ impl Write for Replies {
     }
 }
 
-/// Opens client `id`'s ways out: the [`Replies`] its own thread writes through, the sending end
-/// of its outbox (for the chat room), and its writer thread.
-///
-/// The writer thread ends when the outbox's sender is gone (the client left the room) and the
-/// lines queued before are written, or when a write fails.
-pub fn open(
-    socket: &TcpStream,
+/// Client `id`'s outbox: where other clients' threads put the `MSG` lines for it.
+pub struct Outbox {
     id: u64,
-) -> io::Result<(Replies, SyncSender<Line>, JoinHandle<()>)> {
+    lines: SyncSender<Line>,
+    writer: Mutex<WriterThread>,
+}
+
+/// The outbox's writer thread, which exists only once the client has been sent something.
+enum WriterThread {
+    /// No line yet: what the thread will need, kept until then.
+    NotStarted(Receiver<Line>, Writer),
+    /// Writing the lines, in order, until the client leaves.
+    Running(JoinHandle<()>),
+    /// The client has left, or the thread could not be started.
+    Stopped,
+}
+
+impl Outbox {
+    /// Queues one line without ever waiting. `Full`: the client has [`OUTBOX_LINES`] lines
+    /// waiting, so it is not reading. `Disconnected`: its writer thread has stopped.
+    pub fn try_send(&self, line: Line) -> Result<(), TrySendError<Line>> {
+        self.lines.try_send(line)
+    }
+
+    /// Starts the writer thread if it is not running yet. The chat room calls this after a
+    /// `SAY`, *outside* its lock: a thread takes tens of microseconds to start, far too long to
+    /// make every other client wait for the lock.
+    pub fn start_writer(&self) {
+        let mut state = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::mem::replace(&mut *state, WriterThread::Stopped);
+        let WriterThread::NotStarted(queue, writer) = now else {
+            *state = now; // already running, or the client has left: leave it as it was
+            return;
+        };
+        let socket = Arc::clone(&writer.socket);
+        let spawned = thread::Builder::new()
+            .name(format!("writer-{}", self.id))
+            .spawn(move || write_messages(&writer, queue));
+        match spawned {
+            Ok(thread) => {
+                *state = WriterThread::Running(thread);
+                drop(state); // (never print while holding a lock)
+                narrate!(
+                    "client {} was sent its first MSG: started thread writer-{} for its MSG lines",
+                    self.id,
+                    self.id
+                );
+            }
+            Err(e) => {
+                drop(state);
+                // EAGAIN: out of threads or memory. Without a writer its lines would pile up:
+                // cut it off now (its own thread sees end-of-file and ends).
+                narrate!(
+                    "cannot start thread writer-{}: {e}; disconnecting it",
+                    self.id
+                );
+                let socket = socket.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// The client is leaving: no writer thread may start any more. Returns the running one, if
+    /// any, for the client's thread to join (it ends once it has written what is queued and the
+    /// last `Arc<Outbox>`, and the sending end with it, is gone).
+    pub fn stop(&self) -> Option<JoinHandle<()>> {
+        let mut state = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        match std::mem::replace(&mut *state, WriterThread::Stopped) {
+            WriterThread::Running(thread) => Some(thread),
+            WriterThread::NotStarted(..) | WriterThread::Stopped => None,
+        }
+    }
+
+    /// An outbox without a writer thread: the test reads the lines itself.
+    #[cfg(test)]
+    pub fn for_test(id: u64, lines: usize) -> (Arc<Outbox>, Receiver<Line>) {
+        let (sender, queue) = mpsc::sync_channel(lines);
+        let outbox = Outbox {
+            id,
+            lines: sender,
+            writer: Mutex::new(WriterThread::Stopped),
+        };
+        (Arc::new(outbox), queue)
+    }
+}
+
+/// Opens client `id`'s ways out: the [`Replies`] its own thread writes through, and its
+/// [`Outbox`] (for the chat room). No thread is started here.
+pub fn open(socket: &TcpStream, id: u64) -> io::Result<(Replies, Arc<Outbox>)> {
     // SO_SNDTIMEO belongs to the socket, so it applies to both descriptors.
     socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let writer = Writer {
         socket: Arc::new(Mutex::new(socket.try_clone()?)), // dup(): the write half
         id,
     };
-    let (outbox, queue) = mpsc::sync_channel(OUTBOX_LINES);
-    let messages = writer.clone();
-    let thread = thread::Builder::new()
-        .name(format!("writer-{id}"))
-        .spawn(move || write_messages(&messages, queue))?;
+    let (lines, queue) = mpsc::sync_channel(OUTBOX_LINES);
+    let outbox = Outbox {
+        id,
+        lines,
+        writer: Mutex::new(WriterThread::NotStarted(queue, writer.clone())),
+    };
     let replies = Replies {
         writer,
         pending: Vec::new(),
     };
-    Ok((replies, outbox, thread))
+    Ok((replies, Arc::new(outbox)))
 }
 
 /// The writer thread: the `MSG` lines of the outbox, one whole line at a time, in order.

@@ -147,6 +147,15 @@ fn a_panic_ends_one_thread_and_the_others_go_on_sharing() {
     let mut doomed = server.greeted();
     assert_eq!(alice.request("INCR"), "OK 1");
     assert_eq!(doomed.request("INCR"), "OK 2");
+    // A MSG to Bob and to the doomed client starts their writer threads (outbox.rs).
+    let before_say = thread_count(&server);
+    assert_eq!(alice.request("SAY hello"), "OK");
+    assert!(doomed.next_message().is_ok() && bob.next_message().is_ok());
+    assert!(
+        wait_until(SETTLE, || thread_count(&server) == before_say + 2),
+        "the first MSG to each started its writer: {} threads, {before_say} before",
+        thread_count(&server)
+    );
     let before = thread_count(&server);
 
     doomed.send("PANIC");
@@ -183,6 +192,8 @@ fn after_200_connections_threads_and_descriptors_are_back_to_baseline() {
     for round in 0..10 {
         // Twenty at a time, ending in different ways: QUIT, a plain close, a reset.
         let mut clients: Vec<Client> = (0..20).map(|_| server.greeted()).collect();
+        // One SAY: the 19 others get a MSG, which starts a writer thread for each of them.
+        assert_eq!(clients[0].request("SAY round"), "OK", "round {round}");
         for (i, mut client) in clients.drain(..).enumerate() {
             assert_eq!(client.request("ECHO x"), "OK x", "round {round}");
             match i % 3 {
@@ -413,9 +424,10 @@ fn max_clients_refuses_the_next_one_politely() {
         server.stderr()
     );
 
-    // Once one leaves (and its thread has ended), there is room again.
+    // Once one leaves (and its thread has ended), there is room again. Nobody was sent a MSG,
+    // so no writer thread was started: the main thread and the second client's thread remain.
     assert_eq!(first.request("QUIT"), "OK bye");
-    assert!(wait_until(SETTLE, || thread_count(&server) == 1 + 2));
+    assert!(wait_until(SETTLE, || thread_count(&server) == 1 + 1));
     let mut fourth = server.greeted();
     assert_eq!(fourth.request("ECHO in"), "OK in");
 }

@@ -103,7 +103,9 @@ fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
 
 /// One client: `HELLO`, then a reply per line until `QUIT` or the end of the stream.
 async fn serve_client(stream: TcpStream, word: &'static str) -> std::io::Result<()> {
-    // No TCP_NODELAY: the labs' servers do not set it either, so the comparison stays fair.
+    // TCP_NODELAY, like every lab's server (common::session::prepare_client_socket): a reply
+    // leaves at once instead of waiting for the client's ACK of the previous one.
+    stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let hello = format!(
         "HELLO {word} pid={} tid={}\n",

@@ -18,8 +18,10 @@
 //! The writer thread is started by the first `MSG` line a client is sent, not when it connects:
 //! most connections never take part in a chat, and starting a thread is the most expensive thing
 //! this server does for a connection (a `clone3` system call, and an `mmap` for the new stack).
-//! With a writer thread for every connection, the bench measured `--pool 8` serving 2.0× the
-//! connections per second of lab02's fork per client; without, see docs/benchmarks.md.
+//! With a writer thread started for every connection, the bench's `connect` workload measured
+//! `--pool 8` at 190–240 µs of CPU per connection (1.9–2.2× the connections per second of lab02's
+//! fork per client); with writers started only when needed, at 95–118 µs (3.2–3.5×). See
+//! docs/benchmarks.md.
 
 //! A client's own replies take the short way: its thread writes them itself, under the same
 //! lock. If its client is slow, only that thread waits; and a client that takes nothing for

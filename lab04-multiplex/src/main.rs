@@ -27,12 +27,12 @@
 //! since freezing everyone is the point. Each wake-up of the loop is narrated only with
 //! `--trace`: with a thousand busy clients that is thousands of lines a second.
 
+mod clients;
 mod epoll;
 mod poll;
 mod readiness;
 mod select;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -47,6 +47,7 @@ use common::session::{self, Client, Next, Shared};
 use common::{narrate, signals, Model};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use clients::Clients;
 use readiness::{Interest, Readiness, Ready};
 
 /// The multiplexing server of lab04: one process, one thread, every client (Multiplexing 방식).
@@ -106,6 +107,12 @@ const OUTPUT_CAP: usize = 256 * 1024;
 /// turn after the others (see `run`).
 const READS_PER_TURN: usize = 16;
 
+/// Once empty, a client's input and output buffers are kept if they are at most this big, and
+/// given back to the allocator otherwise. Keeping a small one saves a `malloc` and a `free` per
+/// request for a client that sends short lines; giving big ones back keeps an idle client cheap
+/// (a few hundred bytes, however much it once sent or was sent).
+const KEEP_BUFFER: usize = 512;
+
 /// How often to look for clients silent longer than `--idle-timeout`.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -115,7 +122,8 @@ struct Conn {
     id: u64,
     /// Bytes received but not yet a whole line.
     input: LineFramer,
-    /// Replies (and `MSG`s) not yet taken by the kernel. Empty (and unallocated) most of the time.
+    /// Replies (and `MSG`s) not yet taken by the kernel. Empty most of the time, and never
+    /// holding more than [`KEEP_BUFFER`] bytes of memory once empty.
     output: Vec<u8>,
     /// What the readiness API currently watches this socket for.
     watching: Interest,
@@ -147,8 +155,12 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        // All sent: give the memory back, so an idle client costs us (almost) nothing.
-        self.output = Vec::new();
+        // All sent. A small buffer is kept for the next reply; a big one is given back.
+        if self.output.capacity() > KEEP_BUFFER {
+            self.output = Vec::new();
+        } else {
+            self.output.clear();
+        }
         Ok(())
     }
 }
@@ -157,7 +169,7 @@ impl Conn {
 /// While one client is being served, it is taken out of the table: `others` is then exactly
 /// "every other client", the ones a `SAY` goes to.
 struct Everyone<'a> {
-    others: &'a mut HashMap<RawFd, Conn>,
+    others: &'a mut Clients<Conn>,
     counter: &'a mut u64,
     /// Clients that were given a `MSG` and must be written to.
     touched: &'a mut Vec<RawFd>,
@@ -171,7 +183,7 @@ impl Shared for Everyone<'_> {
 
     fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
         let line = protocol::msg(from, text);
-        for (&fd, other) in self.others.iter_mut() {
+        for (fd, other) in self.others.iter_mut() {
             if other.closing.is_none() {
                 other.queue(&line);
                 self.touched.push(fd);
@@ -186,7 +198,8 @@ struct Server {
     api: Box<dyn Readiness>,
     listener: TcpListener,
     wake_pipe: RawFd,
-    clients: HashMap<RawFd, Conn>,
+    /// Every client, at the index of its descriptor (see `clients.rs`).
+    clients: Clients<Conn>,
     counter: u64,
     next_id: u64,
     /// Edge-triggered: read/accept until WouldBlock (see `epoll.rs` for why).
@@ -266,7 +279,7 @@ fn main() {
         api,
         listener,
         wake_pipe,
-        clients: HashMap::new(),
+        clients: Clients::default(),
         counter: 0,
         next_id: 1,
         drain: args.edge,
@@ -468,7 +481,7 @@ impl Server {
     fn on_readable(&mut self, fd: RawFd) {
         // Take the client out of the table while serving it (see `Everyone`). No entry: the event
         // is stale (the client was closed earlier in this round), nothing to do.
-        let Some(mut conn) = self.clients.remove(&fd) else {
+        let Some(mut conn) = self.clients.remove(fd) else {
             return;
         };
         if conn.closing.is_none() {
@@ -508,8 +521,8 @@ impl Server {
                     return Ok(()); // whatever else it sent is ignored
                 }
             }
-            if !conn.input.has_partial_line() {
-                conn.input = LineFramer::new(); // nothing pending: free the buffer
+            if !conn.input.has_partial_line() && conn.input.capacity() > KEEP_BUFFER {
+                conn.input = LineFramer::new(); // nothing pending: give the big buffer back
             }
             if conn.output.len() > OUTPUT_CAP {
                 // It is not reading its replies. Try handing them to the kernel; if they still
@@ -584,7 +597,7 @@ impl Server {
     /// Writes what `fd` has waiting; closes it if it is done, failed, or over the output cap;
     /// otherwise tells the readiness API what to watch it for next.
     fn settle(&mut self, fd: RawFd) {
-        let Some(conn) = self.clients.get_mut(&fd) else {
+        let Some(conn) = self.clients.get_mut(fd) else {
             return; // already closed
         };
         let ending = match conn.write_pending() {
@@ -598,7 +611,7 @@ impl Server {
             Ok(()) => None,
         };
         if let Some(ending) = ending {
-            if let Some(conn) = self.clients.remove(&fd) {
+            if let Some(conn) = self.clients.remove(fd) {
                 self.close(conn, &ending);
             }
             return;
@@ -613,7 +626,7 @@ impl Server {
             match self.api.modify(fd, want) {
                 Ok(()) => conn.watching = want,
                 Err(e) => {
-                    if let Some(conn) = self.clients.remove(&fd) {
+                    if let Some(conn) = self.clients.remove(fd) {
                         self.close(conn, &format!("cannot be watched: {e}"));
                     }
                 }
@@ -634,7 +647,7 @@ impl Server {
         let Some(limit) = self.idle_timeout else {
             return;
         };
-        for (&fd, conn) in self.clients.iter_mut() {
+        for (fd, conn) in self.clients.iter_mut() {
             if conn.closing.is_none() && conn.last_heard.elapsed() >= limit {
                 conn.queue(&protocol::bye("idle"));
                 conn.closing = Some("was silent too long (--idle-timeout): sent BYE idle".into());
@@ -668,7 +681,7 @@ impl Server {
                     "listener".to_string()
                 } else if r.fd == self.wake_pipe {
                     "signal pipe".to_string()
-                } else if let Some(conn) = self.clients.get(&r.fd) {
+                } else if let Some(conn) = self.clients.get(r.fd) {
                     format!("client {}", conn.id)
                 } else {
                     format!("fd {}", r.fd)

@@ -22,7 +22,7 @@
 //! `--pool 8` at 190–240 µs of CPU per connection (1.9–2.2× the connections per second of lab02's
 //! fork per client); with writers started only when needed, at 95–118 µs (3.2–3.5×). See
 //! docs/benchmarks.md.
-
+//!
 //! A client's own replies take the short way: its thread writes them itself, under the same
 //! lock. If its client is slow, only that thread waits; and a client that takes nothing for
 //! [`WRITE_TIMEOUT`] is disconnected.
@@ -130,7 +130,8 @@ enum WriterThread {
 
 impl Outbox {
     /// Queues one line without ever waiting. `Full`: the client has [`OUTBOX_LINES`] lines
-    /// waiting, so it is not reading. `Disconnected`: its writer thread has stopped.
+    /// waiting, so it is not reading. `Disconnected`: the client is leaving (its writer thread has
+    /// stopped, or will never start).
     pub fn try_send(&self, line: Line) -> Result<(), TrySendError<Line>> {
         self.lines.try_send(line)
     }

@@ -20,7 +20,7 @@
 //! this server does for a connection (a `clone3` system call, and an `mmap` for the new stack).
 //! With a writer thread started for every connection, the bench's `connect` workload measured
 //! `--pool 8` at 190–240 µs of CPU per connection (1.9–2.2× the connections per second of lab02's
-//! fork per client); with writers started only when needed, at 95–118 µs (3.2–3.5×). See
+//! fork per client); with writers started only when needed, at 95–118 µs (3.15–3.48×). See
 //! docs/benchmarks.md.
 //!
 //! A client's own replies take the short way: its thread writes them itself, under the same

@@ -295,15 +295,9 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
         allow_panic: server.allow_panic,
     };
     let ending = session::serve_blocking(&*socket, &mut replies, &client, &mut &*server);
-    // Leave the room, then stop the writer thread, if one was started: it writes what is still
-    // queued and ends once the outbox is gone (we drop our `Arc` of it *before* waiting: while we
-    // hold it, the writer would wait for more lines forever). The socket closes with the last
-    // of its descriptors.
+    // Leave the room, then let the writer thread, if one was started, write what is still
+    // queued and end (see `outbox::close`). The socket closes with the last of its descriptors.
     drop(seat);
-    let writer = outbox.stop();
-    drop(outbox);
-    if let Some(writer) = writer {
-        let _ = writer.join();
-    }
+    outbox::close(outbox);
     narrate!("client {id} {ending}; done with it");
 }

@@ -175,9 +175,9 @@ impl Outbox {
     }
 
     /// The client is leaving: no writer thread may start any more. Returns the running one, if
-    /// any, for the client's thread to join (it ends once it has written what is queued and the
-    /// last `Arc<Outbox>`, and the sending end with it, is gone).
-    pub fn stop(&self) -> Option<JoinHandle<()>> {
+    /// any (it ends once it has written what is queued and the last `Arc<Outbox>`, and the
+    /// sending end with it, is gone).
+    fn stop(&self) -> Option<JoinHandle<()>> {
         let mut state = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         match std::mem::replace(&mut *state, WriterThread::Stopped) {
             WriterThread::Running(thread) => Some(thread),
@@ -218,6 +218,18 @@ pub fn open(socket: &TcpStream, id: u64) -> io::Result<(Replies, Arc<Outbox>)> {
         pending: Vec::new(),
     };
     Ok((replies, Arc::new(outbox)))
+}
+
+/// The client's thread calls this when its client leaves (after leaving the chat room): the
+/// writer thread, if one was started, writes what is still queued and ends, and we wait for it.
+/// It takes the client's own `Arc` of the outbox because that must be gone before we wait:
+/// while any `Arc` holds the sending end, the writer waits for more lines, forever.
+pub fn close(outbox: Arc<Outbox>) {
+    let writer = outbox.stop();
+    drop(outbox);
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
 }
 
 /// The writer thread: the `MSG` lines of the outbox, one whole line at a time, in order.

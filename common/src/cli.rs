@@ -42,6 +42,11 @@ pub struct ServerArgs {
     /// timeline of who was greeted and served when.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
     pub demo: Option<u32>,
+
+    /// With --demo: also draw the timeline as an SVG picture into FILE (one row per client;
+    /// Korean labels when the locale is Korean).
+    #[arg(long, value_name = "FILE", requires = "demo")]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// Parses the command line of a lab's server, with `model`'s default port and `backlog` as the

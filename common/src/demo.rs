@@ -5,19 +5,26 @@
 //! they connect in order, and prints a timeline on stdout: when each client connected, when it
 //! was greeted (and by which pid/tid), what it sent and when the answer came. The server's own
 //! narration appears on stderr in between. At the end the demo stops the server with SIGTERM and
-//! prints a summary.
+//! prints a summary. With `--svg FILE` it also draws the timeline as a picture into FILE (see
+//! [`svg`]).
 //!
 //! The server runs in its own process on purpose: a fork server must stay single-threaded, and
 //! the demo's client threads would break that if they shared its process.
 
+pub mod svg;
+
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::protocol::Model;
+use svg::{ClientTimeline, Language, Request};
 
 /// What one demo client does: the request lines it sends, in order, one after another. Two
 /// lines are not sent but tell the demo client to wait, so that a demo does not depend on timing:
@@ -65,7 +72,15 @@ impl Meeting {
 /// (clients are numbered from 1). `intro` is printed first: one or two sentences saying what to
 /// watch for. Exits the process when done.
 pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Script) -> ! {
-    let (mut server, port) = start_server();
+    let command_line = CommandLine::read();
+    // Create the picture's file first, so that a path we cannot write fails before the demo runs.
+    let picture = command_line.svg.as_ref().map(|path| {
+        let file = File::create(path).unwrap_or_else(|e| {
+            crate::exit_with_error(&format!("cannot create {}: {e}", path.display()))
+        });
+        (path, file)
+    });
+    let (mut server, port) = start_server(&command_line.server_args);
     let clock = Instant::now();
     let out = Arc::new(Mutex::new(()));
     let meeting = Arc::new(Meeting {
@@ -86,65 +101,102 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
         let out = Arc::clone(&out);
         let meeting = Arc::clone(&meeting);
         handles.push(thread::spawn(move || {
-            run_client(i, port, lines, clock, &out, &meeting)
+            let mut timeline = ClientTimeline {
+                client: i,
+                ..ClientTimeline::default()
+            };
+            run_client(&mut timeline, port, lines, clock, &out, &meeting);
+            timeline.left = timeline.connected.map(|_| clock.elapsed());
+            timeline
         }));
         thread::sleep(Duration::from_millis(100)); // so they connect in order
     }
-    let summaries: Vec<Summary> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    let timelines: Vec<ClientTimeline> =
+        handles.into_iter().filter_map(|h| h.join().ok()).collect();
 
     stop_server(&mut server);
     println!("\n== summary ==");
     println!("client  connected  greeted after  served by");
-    for s in &summaries {
+    for t in &timelines {
+        let (greeted_after, served_by) = match (t.connected, &t.greeted) {
+            (Some(connected), Some((greeted, by))) => (
+                format!("{:.0} ms", (*greeted - connected).as_secs_f64() * 1000.0),
+                format!("{model} {by}"),
+            ),
+            _ => ("never".into(), "-".into()),
+        };
         println!(
-            "{:>6}  {:>8.3}s  {:>12}  {}",
-            s.client,
-            s.connected_at,
-            s.waited_for_hello
-                .map(|w| format!("{:.0} ms", w * 1000.0))
-                .unwrap_or_else(|| "never".into()),
-            s.greeting.as_deref().unwrap_or("-")
+            "{:>6}  {:>8.3}s  {:>12}  {served_by}",
+            t.client,
+            t.connected.unwrap_or_default().as_secs_f64(),
+            greeted_after,
         );
+    }
+    if let Some((path, mut file)) = picture {
+        let picture = svg::render(model, &timelines, Language::from_locale());
+        if let Err(e) = file.write_all(picture.as_bytes()) {
+            crate::exit_with_error(&format!("cannot write {}: {e}", path.display()));
+        }
+        println!("\ntimeline picture written to {}", path.display());
     }
     std::process::exit(0);
 }
 
-struct Summary {
-    client: u32,
-    connected_at: f64,
-    waited_for_hello: Option<f64>,
-    greeting: Option<String>,
+/// What the demo takes from its own command line, which clap has already checked: the server's
+/// arguments (ours without `--demo N` and `--svg FILE`, which are the demo's own) and the path of
+/// the picture.
+struct CommandLine {
+    server_args: Vec<OsString>,
+    svg: Option<PathBuf>,
 }
 
+impl CommandLine {
+    fn read() -> CommandLine {
+        let mut server_args = Vec::new();
+        let mut svg = None;
+        let mut given = std::env::args_os().skip(1);
+        while let Some(arg) = given.next() {
+            let text = arg.to_string_lossy();
+            if text == "--demo" {
+                given.next();
+            } else if text == "--svg" {
+                svg = given.next().map(PathBuf::from);
+            } else if let Some(path) = text.strip_prefix("--svg=") {
+                svg = Some(PathBuf::from(path));
+            } else if !text.starts_with("--demo=") {
+                server_args.push(arg);
+            }
+        }
+        CommandLine { server_args, svg }
+    }
+}
+
+/// Runs one demo client's script, printing each step on the timeline and recording it in
+/// `timeline`.
 fn run_client(
-    i: u32,
+    timeline: &mut ClientTimeline,
     port: u16,
     lines: Script,
     clock: Instant,
     out: &Mutex<()>,
     meeting: &Meeting,
-) -> Summary {
+) {
+    let i = timeline.client;
     let say = |what: String| {
         let _guard = out.lock().unwrap_or_else(|p| p.into_inner());
         println!("{:8.3}s  client {i}  {what}", clock.elapsed().as_secs_f64());
         let _ = std::io::stdout().flush();
     };
-    let mut summary = Summary {
-        client: i,
-        connected_at: 0.0,
-        waited_for_hello: None,
-        greeting: None,
-    };
     let stream = match TcpStream::connect(("127.0.0.1", port)) {
         Ok(s) => s,
         Err(e) => {
             say(format!("could not connect: {e}"));
-            return summary;
+            return;
         }
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let connected = clock.elapsed().as_secs_f64();
-    summary.connected_at = connected;
+    let connected = clock.elapsed();
+    timeline.connected = Some(connected);
     say("connected (the kernel finished the handshake; now waiting for HELLO)".into());
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
@@ -157,17 +209,20 @@ fn run_client(
     };
     match read(&mut reader) {
         Some(hello) => {
-            let waited = clock.elapsed().as_secs_f64() - connected;
-            say(format!("<- {hello}   (waited {:.0} ms)", waited * 1000.0));
-            summary.waited_for_hello = Some(waited);
-            summary.greeting = Some(hello.trim_start_matches("HELLO ").to_string());
+            let greeted = clock.elapsed();
+            say(format!(
+                "<- {hello}   (waited {:.0} ms)",
+                (greeted - connected).as_secs_f64() * 1000.0
+            ));
+            // "HELLO <model> pid=.. tid=..": keep what tells who serves us.
+            let served_by = hello.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
+            timeline.greeted = Some((greeted, served_by));
         }
         None => {
             say("the server closed before greeting".into());
-            return summary;
+            return;
         }
     }
-    let mut broadcasts = 0;
     for request in lines {
         if request == TOGETHER {
             say("waits until every client has been greeted".into());
@@ -178,74 +233,72 @@ fn run_client(
         }
         if let Some(count) = request
             .strip_prefix("#messages ")
-            .and_then(|n| n.parse().ok())
+            .and_then(|n| n.parse::<usize>().ok())
         {
-            if broadcasts < count {
-                say(format!(
-                    "waits for {} more broadcast(s)",
-                    count - broadcasts
-                ));
+            let received = timeline.broadcasts.len();
+            if received < count {
+                say(format!("waits for {} more broadcast(s)", count - received));
             }
-            while broadcasts < count {
+            while timeline.broadcasts.len() < count {
                 match read(&mut reader) {
                     Some(line) if line.starts_with("MSG ") => {
-                        broadcasts += 1;
+                        timeline.broadcasts.push(clock.elapsed());
                         say(format!("<- {line}   (a broadcast)"));
                     }
                     Some(line) => say(format!("<- {line}")),
                     None => {
                         say("stopped waiting: no more broadcasts came".into());
-                        return summary;
+                        return;
                     }
                 }
             }
             continue;
         }
         say(format!("-> {request}"));
+        timeline.requests.push(Request {
+            text: request.clone(),
+            sent: clock.elapsed(),
+            answered: None,
+        });
         if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
             say("the server is gone".into());
-            return summary;
+            return;
         }
         // Lines that are not replies (MSG from other clients) may come first.
         loop {
             match read(&mut reader) {
                 Some(line) if line.starts_with("MSG ") => {
-                    broadcasts += 1;
+                    timeline.broadcasts.push(clock.elapsed());
                     say(format!("<- {line}   (a broadcast)"));
                 }
                 Some(line) => {
+                    if let Some(last) = timeline.requests.last_mut() {
+                        last.answered = Some(clock.elapsed());
+                    }
                     say(format!("<- {line}"));
                     break;
                 }
                 None => {
                     say("the server closed the connection".into());
-                    return summary;
+                    return;
                 }
             }
         }
     }
-    summary
 }
 
-/// Starts this very program again as the server: our arguments without `--demo N`, on port 0
-/// unless `--port` was given. Returns the child and the port from its `listening on` line.
-fn start_server() -> (Child, u16) {
+/// Starts this very program again as the server with `args` (ours without the demo's own flags),
+/// on port 0 unless `--port` was given. Returns the child and the port from its `listening on`
+/// line.
+fn start_server(args: &[OsString]) -> (Child, u16) {
     let exe = std::env::current_exe()
         .unwrap_or_else(|e| crate::exit_with_error(&format!("cannot find my own binary: {e}")));
-    let mut args: Vec<String> = Vec::new();
-    let mut given = std::env::args().skip(1);
-    while let Some(arg) = given.next() {
-        if arg == "--demo" {
-            given.next();
-        } else if !arg.starts_with("--demo=") {
-            args.push(arg);
-        }
-    }
-    if !args
-        .iter()
-        .any(|a| a == "--port" || a.starts_with("--port="))
-    {
-        args.extend(["--port".to_string(), "0".to_string()]);
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--port" || a.starts_with("--port=")
+    }) {
+        args.extend(["--port".into(), "0".into()]);
     }
     let mut child = Command::new(exe)
         .args(&args)

@@ -1,0 +1,600 @@
+//! `--demo N --svg FILE`: the demo's timeline drawn as a picture.
+//!
+//! One row per client on a time axis in milliseconds: an amber bar while the client is connected
+//! but not yet greeted (it waits, in the accept queue or for the server to get round to it), a
+//! green bar while it is being served, darker spans for each request until its reply, and a
+//! mark for each broadcast (`MSG`) that reaches it. The SVG is written by hand: a few rectangles
+//! and texts, no drawing library needed.
+//!
+//! The labels follow the locale (`LC_ALL`, `LC_MESSAGES`, `LANG`, in POSIX order of
+//! precedence): Korean when it names Korean (`ko_KR.UTF-8`), English otherwise.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::protocol::Model;
+
+/// What one demo client lived through, measured from the start of the demo.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTimeline {
+    /// The client's number (from 1).
+    pub client: u32,
+    /// When the TCP handshake was done (`connect()` returned); `None` if it failed.
+    pub connected: Option<Duration>,
+    /// When the `HELLO` line arrived, and what it said after the model word (`pid=.. tid=..`).
+    pub greeted: Option<(Duration, String)>,
+    /// Each request the client sent: its text, when it was sent, when its reply came.
+    pub requests: Vec<Request>,
+    /// When each broadcast (`MSG` line from another client) arrived.
+    pub broadcasts: Vec<Duration>,
+    /// When the client closed its connection (or saw the server close it).
+    pub left: Option<Duration>,
+}
+
+/// One request of a demo client and its round trip.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub text: String,
+    pub sent: Duration,
+    pub answered: Option<Duration>,
+}
+
+/// The language of the picture's labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    English,
+    Korean,
+}
+
+impl Language {
+    /// The language the locale asks for: the first of `LC_ALL`, `LC_MESSAGES`, `LANG` that is
+    /// set and not empty decides (the POSIX order); `ko...` means Korean.
+    pub fn from_locale() -> Language {
+        let locale = ["LC_ALL", "LC_MESSAGES", "LANG"]
+            .iter()
+            .filter_map(|name| std::env::var(name).ok())
+            .find(|value| !value.is_empty())
+            .unwrap_or_default();
+        if locale.starts_with("ko") {
+            Language::Korean
+        } else {
+            Language::English
+        }
+    }
+}
+
+/// Every text of the picture, in one language.
+struct Labels {
+    title: fn(Model, usize) -> String,
+    client: fn(u32) -> String,
+    axis: &'static str,
+    waited: fn(u64) -> String,
+    no_connection: &'static str,
+    connected: &'static str,
+    waiting: &'static str,
+    greeted: &'static str,
+    served: &'static str,
+    request: &'static str,
+    broadcast: &'static str,
+    left: &'static str,
+}
+
+const ENGLISH: Labels = Labels {
+    title: |model, n| format!("{model} server, --demo {n}: who waited and who was served when"),
+    client: |i| format!("client {i}"),
+    axis: "time since the demo started (ms)",
+    waited: |ms| format!("waits {ms} ms"),
+    no_connection: "could not connect",
+    connected: "connected",
+    waiting: "waiting for HELLO",
+    greeted: "greeted (HELLO)",
+    served: "being served",
+    request: "request → reply",
+    broadcast: "MSG arrives",
+    left: "left",
+};
+
+const KOREAN: Labels = Labels {
+    title: |model, n| format!("{model} 서버, --demo {n}: 누가 언제 기다리고 언제 서비스받았나"),
+    client: |i| format!("클라이언트 {i}"),
+    axis: "데모 시작 후 경과 시간 (ms)",
+    waited: |ms| format!("{ms} ms 대기"),
+    no_connection: "접속 실패",
+    connected: "접속",
+    waiting: "HELLO를 기다림",
+    greeted: "HELLO 받음",
+    served: "서비스받는 중",
+    request: "요청 → 응답",
+    broadcast: "MSG 도착",
+    left: "떠남",
+};
+
+/// Fonts that have Hangul on Linux, macOS and Windows, then whatever sans-serif there is.
+pub const FONT_FAMILY: &str = "'Noto Sans CJK KR', 'Noto Sans KR', 'Apple SD Gothic Neo', \
+                               'Malgun Gothic', NanumGothic, sans-serif";
+
+// The book's colours (book/src/img): blue for clients, amber for waiting, green for serving.
+const INK: &str = "#333";
+const CLIENT_STROKE: &str = "#335";
+const WAIT_FILL: &str = "#ffd27f";
+const WAIT_STROKE: &str = "#a80";
+const SERVE_FILL: &str = "#e6f4ea";
+const SERVE_STROKE: &str = "#262";
+const REQUEST_FILL: &str = "#8fcf9c";
+const GRID: &str = "#ddd";
+
+// The layout, in pixels.
+const WIDTH: f64 = 800.0;
+const PLOT_LEFT: f64 = 180.0;
+const PLOT_RIGHT: f64 = WIDTH - 30.0;
+const ROWS_TOP: f64 = 52.0;
+const ROW_HEIGHT: f64 = 40.0;
+const BAR_HEIGHT: f64 = 18.0;
+const FONT_SIZE: f64 = 13.0;
+const SMALL: f64 = 11.0;
+
+/// The SVG picture of a demo's timeline: `model`'s demo with `rows`, one per client.
+pub fn render(model: Model, rows: &[ClientTimeline], language: Language) -> String {
+    let labels = match language {
+        Language::English => &ENGLISH,
+        Language::Korean => &KOREAN,
+    };
+    let end = rows
+        .iter()
+        .flat_map(|r| {
+            r.left
+                .iter()
+                .chain(r.requests.iter().filter_map(|q| q.answered.as_ref()))
+        })
+        .max()
+        .copied()
+        .unwrap_or_default();
+    let (step, axis_end) = axis_ticks(end.as_secs_f64() * 1000.0);
+    let x = |at: Duration| {
+        PLOT_LEFT + (at.as_secs_f64() * 1000.0 / axis_end) * (PLOT_RIGHT - PLOT_LEFT)
+    };
+    let rows_bottom = ROWS_TOP + ROW_HEIGHT * rows.len() as f64;
+    let legend_top = rows_bottom + 58.0;
+    let (legend, legend_height) = legend(labels, legend_top);
+    let height = legend_top + legend_height + 12.0;
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="{FONT_FAMILY}" font-size="{FONT_SIZE}" fill="{INK}">"#
+    );
+    let title = (labels.title)(model, rows.len());
+    let _ = writeln!(svg, "  <title>{}</title>", escape(&title));
+    let _ = writeln!(
+        svg,
+        r##"  <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#fff"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"  <text x="{}" y="26" text-anchor="middle" font-weight="bold" font-size="15">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&title)
+    );
+
+    // The time axis: a grid line and a number at every tick, under the rows.
+    let _ = writeln!(svg, r#"  <g class="axis" font-size="{SMALL}">"#);
+    let mut tick = 0.0;
+    while tick <= axis_end + step / 2.0 {
+        let tx = PLOT_LEFT + tick / axis_end * (PLOT_RIGHT - PLOT_LEFT);
+        let _ = writeln!(
+            svg,
+            r#"    <line x1="{tx:.1}" y1="{ROWS_TOP}" x2="{tx:.1}" y2="{:.1}" stroke="{GRID}"/>"#,
+            rows_bottom + 4.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"    <text x="{tx:.1}" y="{:.1}" text-anchor="middle">{tick}</text>"#,
+            rows_bottom + 18.0
+        );
+        tick += step;
+    }
+    let _ = writeln!(
+        svg,
+        r#"    <line x1="{PLOT_LEFT}" y1="{:.1}" x2="{PLOT_RIGHT}" y2="{:.1}" stroke="{INK}"/>"#,
+        rows_bottom + 4.0,
+        rows_bottom + 4.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{FONT_SIZE}">{}</text>"#,
+        (PLOT_LEFT + PLOT_RIGHT) / 2.0,
+        rows_bottom + 38.0,
+        escape(labels.axis)
+    );
+    let _ = writeln!(svg, "  </g>");
+
+    for (index, row) in rows.iter().enumerate() {
+        let top = ROWS_TOP + ROW_HEIGHT * index as f64;
+        let bar_top = top + (ROW_HEIGHT - BAR_HEIGHT) / 2.0;
+        let middle = bar_top + BAR_HEIGHT / 2.0;
+        let _ = writeln!(svg, r#"  <g class="client" data-client="{}">"#, row.client);
+        let label_y = if row.greeted.is_some() {
+            middle - 2.0
+        } else {
+            middle + 4.0
+        };
+        let _ = writeln!(
+            svg,
+            r#"    <text x="10" y="{label_y:.1}" font-weight="bold">{}</text>"#,
+            escape(&(labels.client)(row.client))
+        );
+        if let Some((_, served_by)) = &row.greeted {
+            let _ = writeln!(
+                svg,
+                r##"    <text x="10" y="{:.1}" font-size="{SMALL}" fill="#666">{}</text>"##,
+                middle + 12.0,
+                escape(served_by)
+            );
+        }
+        let Some(connected) = row.connected else {
+            let _ = writeln!(
+                svg,
+                r#"    <text x="{PLOT_LEFT}" y="{:.1}">{}</text>"#,
+                middle + 4.0,
+                escape(labels.no_connection)
+            );
+            let _ = writeln!(svg, "  </g>");
+            continue;
+        };
+        let left = row.left.unwrap_or(end).max(connected);
+        let greeted = row.greeted.as_ref().map(|(at, _)| *at);
+
+        // Waiting: connected, no HELLO yet.
+        let wait_end = greeted.unwrap_or(left);
+        let (wx, ww) = span(x(connected), x(wait_end));
+        let _ = writeln!(
+            svg,
+            r#"    <rect class="waiting" x="{wx:.1}" y="{bar_top:.1}" width="{ww:.1}" height="{BAR_HEIGHT}" fill="{WAIT_FILL}" stroke="{WAIT_STROKE}"/>"#
+        );
+        let waited_ms = (wait_end - connected).as_millis() as u64;
+        let waited = (labels.waited)(waited_ms);
+        if text_width(&waited, SMALL) + 8.0 <= ww {
+            let _ = writeln!(
+                svg,
+                r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{SMALL}">{}</text>"#,
+                wx + ww / 2.0,
+                middle + 4.0,
+                escape(&waited)
+            );
+        }
+
+        // Served: from HELLO until the client left, with each request's round trip inside.
+        if let Some(greeted) = greeted {
+            let (sx, sw) = span(x(greeted), x(left.max(greeted)));
+            let _ = writeln!(
+                svg,
+                r#"    <rect class="served" x="{sx:.1}" y="{bar_top:.1}" width="{sw:.1}" height="{BAR_HEIGHT}" fill="{SERVE_FILL}" stroke="{SERVE_STROKE}"/>"#
+            );
+            for request in &row.requests {
+                let answered = request.answered.unwrap_or(left).max(request.sent);
+                let (rx, rw) = span(x(request.sent), x(answered));
+                let _ = writeln!(
+                    svg,
+                    r#"    <rect class="request" x="{rx:.1}" y="{:.1}" width="{rw:.1}" height="{:.1}" fill="{REQUEST_FILL}" stroke="{SERVE_STROKE}" stroke-width="0.5"><title>{}</title></rect>"#,
+                    bar_top + 3.0,
+                    BAR_HEIGHT - 6.0,
+                    escape(&request.text)
+                );
+                if text_width(&request.text, SMALL) + 6.0 <= rw {
+                    let _ = writeln!(
+                        svg,
+                        r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{SMALL}">{}</text>"#,
+                        rx + rw / 2.0,
+                        middle + 4.0,
+                        escape(&request.text)
+                    );
+                }
+            }
+        }
+        for &at in &row.broadcasts {
+            let _ = writeln!(
+                svg,
+                r#"    <path class="broadcast" d="{}" fill="{CLIENT_STROKE}"/>"#,
+                diamond(x(at), bar_top - 3.0)
+            );
+        }
+        // The three moments: connected (open circle), greeted (filled circle), left (square).
+        let _ = writeln!(
+            svg,
+            r##"    <circle class="connected" cx="{:.1}" cy="{:.1}" r="4" fill="#fff" stroke="{CLIENT_STROKE}" stroke-width="1.5"/>"##,
+            x(connected),
+            bar_top + BAR_HEIGHT + 5.0
+        );
+        if let Some(greeted) = greeted {
+            let _ = writeln!(
+                svg,
+                r#"    <circle class="greeted" cx="{:.1}" cy="{:.1}" r="3.5" fill="{CLIENT_STROKE}"/>"#,
+                x(greeted),
+                bar_top + BAR_HEIGHT + 5.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"    <rect class="left" x="{:.1}" y="{:.1}" width="7" height="7" fill="{INK}"/>"#,
+            x(left) - 3.5,
+            bar_top + BAR_HEIGHT + 1.5
+        );
+        let _ = writeln!(svg, "  </g>");
+    }
+
+    svg.push_str(&legend);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The legend, laid out in lines that fit the width; returns it and how far below `top` its last
+/// line's baseline is.
+fn legend(labels: &Labels, top: f64) -> (String, f64) {
+    // Each item: its mark (drawn with its baseline at y = 0), the mark's width, its text.
+    let bar = 22.0;
+    let dot = 12.0;
+    let items = [
+        (
+            format!(
+                r##"<circle cx="6" cy="-4" r="4" fill="#fff" stroke="{CLIENT_STROKE}" stroke-width="1.5"/>"##
+            ),
+            dot,
+            labels.connected,
+        ),
+        (
+            format!(
+                r#"<rect x="0" y="-11" width="{bar}" height="14" fill="{WAIT_FILL}" stroke="{WAIT_STROKE}"/>"#
+            ),
+            bar,
+            labels.waiting,
+        ),
+        (
+            format!(r#"<circle cx="6" cy="-4" r="3.5" fill="{CLIENT_STROKE}"/>"#),
+            dot,
+            labels.greeted,
+        ),
+        (
+            format!(
+                r#"<rect x="0" y="-11" width="{bar}" height="14" fill="{SERVE_FILL}" stroke="{SERVE_STROKE}"/>"#
+            ),
+            bar,
+            labels.served,
+        ),
+        (
+            format!(
+                r#"<rect x="0" y="-9" width="{bar}" height="10" fill="{REQUEST_FILL}" stroke="{SERVE_STROKE}" stroke-width="0.5"/>"#
+            ),
+            bar,
+            labels.request,
+        ),
+        (
+            format!(
+                r#"<path d="{}" fill="{CLIENT_STROKE}"/>"#,
+                diamond(6.0, -4.0)
+            ),
+            dot,
+            labels.broadcast,
+        ),
+        (
+            format!(r#"<rect x="2" y="-8" width="7" height="7" fill="{INK}"/>"#),
+            dot,
+            labels.left,
+        ),
+    ];
+    let line_height = 22.0;
+    let mut out = format!("  <g class=\"legend\" font-size=\"{SMALL}\">\n");
+    let (mut x, mut y) = (10.0, top);
+    for (shape, shape_width, text) in items {
+        let width = shape_width + 6.0 + text_width(text, SMALL) + 16.0;
+        if x + width > WIDTH - 10.0 {
+            x = 10.0;
+            y += line_height;
+        }
+        let _ = writeln!(
+            out,
+            r#"    <g transform="translate({x:.1},{y:.1})">{shape}<text x="{:.1}" y="0">{}</text></g>"#,
+            shape_width + 6.0,
+            escape(text)
+        );
+        x += width;
+    }
+    out.push_str("  </g>\n");
+    (out, y - top)
+}
+
+/// A rectangle's x and width from two x positions, at least 1 px wide so a short phase shows.
+fn span(from: f64, to: f64) -> (f64, f64) {
+    (from, (to - from).max(1.0))
+}
+
+/// A small diamond centred on (x, y).
+fn diamond(x: f64, y: f64) -> String {
+    format!("M{:.1},{y:.1} l4,-5 l4,5 l-4,5 z", x - 4.0)
+}
+
+/// Where the axis ends and how far apart its ticks are, in ms: a round step (1, 2 or 5 times a
+/// power of ten) giving at most 10 ticks, and the first multiple of it at or past `end_ms`.
+fn axis_ticks(end_ms: f64) -> (f64, f64) {
+    let end_ms = end_ms.max(1.0);
+    let mut magnitude = 1.0;
+    loop {
+        for factor in [1.0, 2.0, 5.0] {
+            let step = factor * magnitude;
+            if end_ms / step <= 10.0 {
+                return (step, (end_ms / step).ceil() * step);
+            }
+        }
+        magnitude *= 10.0;
+    }
+}
+
+/// Roughly how wide `text` is at `size` px: Hangul and other wide letters take a full em, the
+/// rest about half of one. Enough to decide whether a label fits in a bar.
+fn text_width(text: &str, size: f64) -> f64 {
+    text.chars()
+        .map(|c| if c as u32 >= 0x1100 { 1.0 } else { 0.55 })
+        .sum::<f64>()
+        * size
+}
+
+/// `text` made safe inside an XML element or attribute.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Three clients of an iterative server: the second and third wait for the one before.
+    fn iterative_rows() -> Vec<ClientTimeline> {
+        (0..3u64)
+            .map(|i| {
+                let greeted = ms(500 * i + 2);
+                ClientTimeline {
+                    client: i as u32 + 1,
+                    connected: Some(ms(100 * i + 1)),
+                    greeted: Some((greeted, "pid=10 tid=10".into())),
+                    requests: vec![
+                        Request {
+                            text: "SLEEP 500".into(),
+                            sent: greeted,
+                            answered: Some(greeted + ms(500)),
+                        },
+                        Request {
+                            text: "SAY <b> & \"q\"".into(),
+                            sent: greeted + ms(500),
+                            answered: Some(greeted + ms(501)),
+                        },
+                    ],
+                    broadcasts: vec![greeted + ms(100)],
+                    left: Some(greeted + ms(501)),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_picture_is_well_formed_svg_with_a_row_per_client() {
+        for language in [Language::English, Language::Korean] {
+            let svg = render(Model::Iterative, &iterative_rows(), language);
+            let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+            let root = doc.root_element();
+            assert_eq!(root.tag_name().name(), "svg");
+            assert_eq!(
+                root.tag_name().namespace(),
+                Some("http://www.w3.org/2000/svg")
+            );
+            let rows: Vec<_> = root
+                .children()
+                .filter(|n| n.attribute("class") == Some("client"))
+                .collect();
+            assert_eq!(rows.len(), 3);
+            for (i, row) in rows.iter().enumerate() {
+                assert_eq!(row.attribute("data-client"), Some(&*(i + 1).to_string()));
+                for class in [
+                    "waiting",
+                    "served",
+                    "request",
+                    "connected",
+                    "greeted",
+                    "left",
+                ] {
+                    assert!(
+                        row.descendants()
+                            .any(|n| n.attribute("class") == Some(class)),
+                        "row {} has no {class}",
+                        i + 1
+                    );
+                }
+            }
+            // The escaped request text comes back intact.
+            assert!(doc
+                .descendants()
+                .any(|n| n.text() == Some("SAY <b> & \"q\"")));
+            let title = root
+                .children()
+                .find(|n| n.has_tag_name("title"))
+                .and_then(|n| n.text())
+                .unwrap();
+            assert!(
+                title.contains("iterative") && title.contains("--demo 3"),
+                "{title}"
+            );
+        }
+    }
+
+    #[test]
+    fn bars_sit_where_their_times_are_and_longer_waits_are_longer_bars() {
+        let svg = render(Model::Iterative, &iterative_rows(), Language::English);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let widths: Vec<f64> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("waiting"))
+            .map(|n| n.attribute("width").unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(widths.len(), 3);
+        assert!(widths[0] < widths[1] && widths[1] < widths[2], "{widths:?}");
+        // Every shape lies inside the picture.
+        let width: f64 = doc
+            .root_element()
+            .attribute("width")
+            .unwrap()
+            .parse()
+            .unwrap();
+        for rect in doc.descendants().filter(|n| n.has_tag_name("rect")) {
+            let x: f64 = rect.attribute("x").unwrap().parse().unwrap();
+            let w: f64 = rect.attribute("width").unwrap().parse().unwrap();
+            assert!(x >= 0.0 && x + w <= width + 0.5, "{x} + {w} > {width}");
+        }
+        // The label of a long request (SLEEP 500) is written in its bar.
+        assert!(doc.descendants().any(|n| n.text() == Some("SLEEP 500")));
+    }
+
+    #[test]
+    fn korean_labels_in_a_korean_picture() {
+        let svg = render(Model::Thread, &iterative_rows(), Language::Korean);
+        assert!(
+            svg.contains("클라이언트 1") && svg.contains("HELLO 받음"),
+            "{svg}"
+        );
+        assert!(svg.contains("sans-serif") && svg.contains("Noto Sans CJK KR"));
+        let svg = render(Model::Thread, &iterative_rows(), Language::English);
+        assert!(svg.contains("client 1") && !svg.contains("클라이언트"));
+    }
+
+    #[test]
+    fn a_client_that_never_connected_still_gets_its_row() {
+        let rows = vec![ClientTimeline {
+            client: 1,
+            ..Default::default()
+        }];
+        let svg = render(Model::Fork, &rows, Language::English);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        assert!(doc
+            .descendants()
+            .any(|n| n.text() == Some("could not connect")));
+    }
+
+    #[test]
+    fn axis_ticks_are_round() {
+        assert_eq!(axis_ticks(1506.0), (200.0, 1600.0));
+        assert_eq!(axis_ticks(300.0), (50.0, 300.0));
+        assert_eq!(axis_ticks(0.0), (1.0, 1.0));
+        assert_eq!(axis_ticks(9_000.0), (1000.0, 9000.0));
+    }
+}

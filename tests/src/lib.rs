@@ -16,10 +16,23 @@
 //!   as a user would: `--help` and bad usage, the `--demo N` walkthrough, the line client fed
 //!   from stdin; [`help_listing`] checks what `--help` lists.
 //! - [`procfs`] reads the observable truth: parents, threads, descriptors, zombies, the backlog.
+//! - Events are observed through the system, never through narration: the server
+//!   [has read a request](Server::has_read_everything_from) (`ss`), the process serving a client
+//!   [sleeps](Server::is_working_on_request_of) (`/proc`), a child [is gone](Server::child_is_gone),
+//!   the server [left nothing for anyone else to reap](Server::orphans).
+//! - The machine is a student's, not ours: the soft limit on open files is raised to the hard
+//!   limit once per test process ([`raise_descriptor_limit`], [`need_descriptors`]); a missing
+//!   system tool is named with its Debian package ([`tool`]); files the tests share between test
+//!   processes live in this checkout's target folder ([`scratch_dir`], [`file_lock`]).
+//! - `NETLABS_QUIET=1` in the environment starts every server with `--quiet` ([`quiet_mode`]):
+//!   a test graded on the contract must pass without narration. Only the narration tests use
+//!   [`Server::start_narrating`].
 //!
-//! Every wait here is bounded. Nothing forks inside the test process (we only spawn).
+//! Every wait here is bounded, and every test socket has read and write timeouts. Nothing forks
+//! inside the test process (we only spawn).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -30,13 +43,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 pub mod procfs;
 
 /// How long any single read from a server may take before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long any single write to a server may block before the test fails (a server that stops
+/// reading fills the socket buffers; the test must fail, not hang).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to print `listening on`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a short run of a binary (`--help`, bad usage, a taken port, the line client) may take.
@@ -69,6 +88,176 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+// ---------------------------------------------------------------------------------------------
+// The machine the suite runs on: a student's, not ours.
+
+/// The open-file limits `(soft, hard)` of this test process, after raising the soft limit to the
+/// hard limit (once per test process; the servers and clients it starts inherit it).
+///
+/// Most Linux desktops give a soft `ulimit -n` of 1,024 and a much higher hard limit; a server
+/// that holds a thousand clients raises its soft limit the same way (any process may, up to the
+/// hard limit, without privileges).
+pub fn raise_descriptor_limit() -> (u64, u64) {
+    static LIMITS: OnceLock<(u64, u64)> = OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit(RLIMIT_NOFILE)");
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            return (hard, hard);
+        }
+        (soft, hard)
+    })
+}
+
+/// Panics, saying which limit and how to raise it, unless this test process (and so each server
+/// it starts) may open at least `count` descriptors once the soft limit is raised to the hard one.
+#[track_caller]
+pub fn need_descriptors(count: u64) {
+    let (soft, hard) = raise_descriptor_limit();
+    assert!(
+        soft >= count,
+        "this test needs {count} open files, but the hard limit on open files (RLIMIT_NOFILE) \
+         is {hard} (soft {soft}); `ulimit -Hn` shows it. Raise it for your user in \
+         /etc/security/limits.conf (a line `yourname hard nofile 65536`, then log in again), \
+         or run the tests from a shell where `ulimit -n 65536` succeeds"
+    );
+}
+
+/// The Debian package that brings each system tool the tests run.
+fn package_of_tool(name: &str) -> &'static str {
+    match name {
+        "ss" => "iproute2",
+        "prlimit" => "util-linux",
+        "bash" => "bash",
+        "strace" => "strace",
+        "nc" => "netcat-openbsd",
+        "ps" => "procps",
+        "ipcs" => "util-linux",
+        _ => "the package that provides it",
+    }
+}
+
+/// A [`Command`] for a system tool (`ss`, `prlimit`, `bash` ...), found in `PATH` (or
+/// `/usr/sbin`, `/sbin`). Panics, naming the tool and the Debian package that brings it, if it
+/// is not installed.
+pub fn tool(name: &str) -> Command {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Command::new(candidate);
+        }
+    }
+    panic!(
+        "this test runs `{name}`, which is not installed (not in PATH): install the package {} \
+         (on Debian or Ubuntu: `sudo apt-get install {}`), or run `bash .ci/install-tools`",
+        package_of_tool(name),
+        package_of_tool(name)
+    )
+}
+
+/// A folder for files the tests share between test processes (lock files, scratch files): in
+/// this checkout's target folder, next to the test binaries, so it belongs to whoever builds and
+/// runs this checkout. Never the shared temporary folder, where another user's file of the same
+/// name would be in the way. Created if needed.
+pub fn scratch_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // The test binary is target/<profile>/deps/<name>-<hash>: use target/<profile>/.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let deps = exe.parent().expect("the test binary is in a folder");
+        let profile = if deps.file_name().is_some_and(|n| n == "deps") {
+            deps.parent().unwrap_or(deps)
+        } else {
+            deps
+        };
+        let dir = profile.join("netlabs-tests");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        dir
+    })
+    .clone()
+}
+
+/// Takes the file lock `name` in [`scratch_dir`] (shared or exclusive), waiting for it: for
+/// tests that must not overlap even when they run in different test processes (nextest).
+/// Released when the returned value is dropped.
+pub fn file_lock(name: &str, exclusive: bool) -> Flock<File> {
+    let path = scratch_dir().join(format!("{name}.lock"));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open the lock file {}: {e}", path.display()));
+    let how = if exclusive {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    Flock::lock(file, how).unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()))
+}
+
+/// True if `NETLABS_QUIET=1` is set: then [`Server::start`] starts every server with `--quiet`,
+/// proof that the tests grade the contract and not the narration.
+pub fn quiet_mode() -> bool {
+    std::env::var_os("NETLABS_QUIET").is_some_and(|v| v == "1")
+}
+
+/// Makes this test process the "subreaper" of everything it starts (once): a process whose
+/// parent exits without reaping it is then handed to us, not to process 1, so a test can see
+/// what a server left behind ([`Server::orphans`]). The harness reaps those in the end.
+fn become_subreaper() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("prctl(PR_SET_CHILD_SUBREAPER)");
+    });
+}
+
+/// The processes of process group `pgrp` that were handed to this test process (see
+/// [`become_subreaper`]), zombies included.
+fn our_orphans_in_group(pgrp: i32) -> Vec<i32> {
+    procfs::children_of(std::process::id() as i32)
+        .into_iter()
+        .filter(|&pid| pid != pgrp && procfs::stat(pid).is_some_and(|s| s.pgrp == pgrp))
+        .collect()
+}
+
+/// Reaps the processes of group `pgrp` that were handed to us (after the group was killed),
+/// waiting at most a few seconds. Only those pids: never `waitpid(-1)`, which could take the
+/// status of a process another test waits for.
+fn reap_orphans_in_group(pgrp: i32) {
+    wait_until(Duration::from_secs(5), || {
+        let left = our_orphans_in_group(pgrp);
+        for &pid in &left {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+        our_orphans_in_group(pgrp).is_empty()
+    });
+}
+
+/// The state letter of one thread (`R`, `S`, `D`, `Z` ...), from `/proc/<pid>/task/<tid>/stat`.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The receive and send queues `(Recv-Q, Send-Q)` of the TCP connection from local port `from`
+/// to port `to` on 127.0.0.1, as `ss -tn` shows them; `None` if there is no such connection.
+pub fn connection_queues(from: u16, to: u16) -> Option<(u32, u32)> {
+    let output = tool("ss")
+        .args(["-tnH", &format!("( sport = :{from} and dport = :{to} )")])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|l| !l.trim().is_empty())?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?))
+}
+
 type Built = Result<HashMap<String, PathBuf>, String>;
 /// One build per package per test process; other tests of the same package wait for it.
 type BuildCell = Arc<OnceLock<Built>>;
@@ -81,6 +270,8 @@ static BUILDS: OnceLock<Mutex<HashMap<&'static str, BuildCell>>> = OnceLock::new
 /// output. This is quick when nothing changed. A binary that is missing or does not build makes
 /// the test fail with cargo's own message.
 pub fn binary(name: &str) -> PathBuf {
+    // Every test that runs a binary passes here first: what it starts inherits the raised limit.
+    raise_descriptor_limit();
     let package =
         package_of(name).unwrap_or_else(|| panic!("no package ships a binary named {name:?}"));
     let cell = {
@@ -147,19 +338,39 @@ pub struct Server {
     child: Child,
     /// The address from its `listening on` line.
     pub addr: SocketAddr,
+    /// Whether it runs with `--quiet` (no narration to read).
+    quiet: bool,
     stderr: Arc<Mutex<String>>,
     stdout_rest: Arc<Mutex<String>>,
+    stdout_closed: Arc<Mutex<bool>>,
 }
 
 impl Server {
-    /// Starts `binary` with `--port 0` and `args`, waits for `listening on`, and returns it.
+    /// Starts `binary` with `--port 0` and `args` (and `--quiet` in [`quiet_mode`]), waits for
+    /// `listening on`, and returns it.
     pub fn start(binary_name: &str, args: &[&str]) -> Server {
         Self::try_start(binary_name, args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`start`](Self::start), but returns what went wrong instead of panicking.
     pub fn try_start(binary_name: &str, args: &[&str]) -> Result<Server, String> {
+        let mut args = args.to_vec();
+        if quiet_mode() && !args.contains(&"--quiet") {
+            args.push("--quiet");
+        }
+        Self::launch(binary_name, &args)
+    }
+
+    /// Starts `binary` with `--port 0` and `args` as they are, never adding `--quiet`: for the
+    /// narration tests (tests/tests/narration.rs), which read what the server tells its
+    /// operator. Every other test uses [`start`](Self::start).
+    pub fn start_narrating(binary_name: &str, args: &[&str]) -> Server {
+        Self::launch(binary_name, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn launch(binary_name: &str, args: &[&str]) -> Result<Server, String> {
         let path = binary(binary_name);
+        become_subreaper();
         let mut command = Command::new(&path);
         command
             .args(["--port", "0"])
@@ -175,27 +386,36 @@ impl Server {
         let stderr = collect(child.stderr.take().expect("piped")).text;
         let (line_tx, line_rx) = mpsc::channel();
         let stdout_rest = Arc::new(Mutex::new(String::new()));
+        let stdout_closed = Arc::new(Mutex::new(false));
         {
             let stdout = child.stdout.take().expect("piped");
             let rest = Arc::clone(&stdout_rest);
+            let closed = Arc::clone(&stdout_closed);
             thread::spawn(move || {
                 let mut reader = BufReader::new(stdout);
                 let mut first = String::new();
                 let _ = reader.read_line(&mut first);
                 let _ = line_tx.send(first);
-                let mut tail = String::new();
-                let _ = reader.read_to_string(&mut tail);
-                rest.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&tail);
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = reader.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    rest.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+                *closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
             });
         }
         let first = line_rx.recv_timeout(START_TIMEOUT);
         let mut server = Server {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
+            quiet: args.contains(&"--quiet"),
             stderr,
             stdout_rest,
+            stdout_closed,
         };
         let line = match first {
             Ok(line) => line,
@@ -239,12 +459,27 @@ impl Server {
             .clone()
     }
 
-    /// What it wrote to stdout after the `listening on` line (complete once it has exited).
+    /// What it wrote to stdout after the `listening on` line so far.
     pub fn stdout_rest(&self) -> String {
         self.stdout_rest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Everything it wrote to stdout after the `listening on` line, once its stdout is closed
+    /// (it exited): the contract says nothing. Call it after [`wait_exit`](Self::wait_exit).
+    /// Panics if stdout is still open after [`RUN_TIMEOUT`] (a child kept it open).
+    pub fn stdout_after_listening(&self) -> String {
+        let closed = wait_until(RUN_TIMEOUT, || {
+            *self.stdout_closed.lock().unwrap_or_else(|p| p.into_inner())
+        });
+        assert!(
+            closed,
+            "the server's stdout is still open {RUN_TIMEOUT:?} after the test asked: has every \
+             process of the server exited?"
+        );
+        self.stdout_rest()
     }
 
     /// Connects a client (without reading `HELLO`).
@@ -289,6 +524,47 @@ impl Server {
         })
     }
 
+    /// The processes of the server's group that were handed to the test after the server
+    /// exited: children it did not reap (zombies) or left running. Empty for a server that
+    /// reaped every child before it exited. Meaningful once the server has exited.
+    pub fn orphans(&self) -> Vec<i32> {
+        our_orphans_in_group(self.pid())
+    }
+
+    /// True once process `pid` (a child of the server) is gone: no longer in `/proc` as a child
+    /// of the server, not even a zombie, waiting at most `timeout`. (If the kernel has already
+    /// given its pid to a new, unrelated process, that one is not the server's child.)
+    pub fn child_is_gone(&self, pid: i32, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            procfs::stat(pid).is_none_or(|s| s.ppid != self.pid() && s.pgrp != self.pid())
+        })
+    }
+
+    /// True once the server has read everything `client` sent so far, waiting at most
+    /// [`QUEUE_TIMEOUT`]: `ss` shows the client's side with nothing unacknowledged (Send-Q 0)
+    /// and the server's side with nothing unread (Recv-Q 0). The way to know "the server has
+    /// my request" without reading its narration.
+    pub fn has_read_everything_from(&self, client: &Client) -> bool {
+        let mine = client.local_port();
+        let port = self.port();
+        wait_until(QUEUE_TIMEOUT, || {
+            connection_queues(mine, port).is_some_and(|(_, unacked)| unacked == 0)
+                && connection_queues(port, mine).is_some_and(|(unread, _)| unread == 0)
+        })
+    }
+
+    /// True once the server has read everything `client` sent and the thread serving it
+    /// (from its `HELLO`) sleeps in the kernel (state `S` in `/proc`), waiting at most
+    /// [`QUEUE_TIMEOUT`]: after a `SLEEP`, the server is now working on it. Panics if the
+    /// client was not greeted.
+    pub fn is_working_on_request_of(&self, client: &Client) -> bool {
+        let served = client.hello.clone().expect("the client was greeted");
+        self.has_read_everything_from(client)
+            && wait_until(QUEUE_TIMEOUT, || {
+                thread_state(served.pid, served.tid) == Some('S')
+            })
+    }
+
     /// Process ids whose parent is the server (its live or zombie children).
     pub fn children(&self) -> Vec<i32> {
         procfs::children_of(self.pid())
@@ -310,6 +586,22 @@ impl Server {
         self.narrates_within(text, NARRATION_TIMEOUT)
     }
 
+    /// Panics if the server runs with `--quiet`: a test that reads narration belongs in
+    /// tests/tests/narration.rs and starts its server with [`start_narrating`](Self::start_narrating).
+    fn expect_narration(&self) {
+        assert!(
+            !self.quiet,
+            "this test reads the server's narration, but the server runs with --quiet{}: \
+             graded tests observe only the contract and the system (narration tests go in \
+             tests/tests/narration.rs)",
+            if quiet_mode() {
+                " (NETLABS_QUIET=1)"
+            } else {
+                ""
+            }
+        );
+    }
+
     /// True once its listening socket's accept queue (Recv-Q in `ss -ltn`) holds `count`
     /// connections that the kernel completed and the server has not accepted, waiting at most
     /// [`QUEUE_TIMEOUT`]. Panics if `ss` cannot tell.
@@ -321,6 +613,7 @@ impl Server {
 
     /// Like [`narrates`](Self::narrates), waiting at most `timeout`.
     pub fn narrates_within(&self, text: &str, timeout: Duration) -> bool {
+        self.expect_narration();
         wait_until(timeout, || self.stderr().contains(text))
     }
 }
@@ -331,6 +624,8 @@ impl Drop for Server {
         let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Children it did not reap were handed to us (we are their subreaper): reap them.
+        reap_orphans_in_group(self.pid());
     }
 }
 
@@ -390,6 +685,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> (ExitStatus,
         if Instant::now() >= deadline {
             let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
+            reap_orphans_in_group(child.id() as i32);
             panic!("{command:?} did not finish within {timeout:?}");
         }
         thread::sleep(Duration::from_millis(10));
@@ -556,9 +852,30 @@ pub fn parse_served(line: &str) -> Option<Served> {
     })
 }
 
-/// A test's connection to a server. Every read has a timeout.
+/// Sets [`READ_TIMEOUT`] and [`WRITE_TIMEOUT`] on a socket the test made: no read or write of a
+/// test waits forever, whatever the server does.
+pub fn with_timeouts(stream: TcpStream) -> TcpStream {
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("set the read timeout");
+    stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .expect("set the write timeout");
+    stream
+}
+
+/// Connects a plain [`TcpStream`] to `addr` (with a timeout), with [`with_timeouts`]: for a
+/// test that needs the raw socket rather than a [`Client`].
+pub fn connect_stream(addr: SocketAddr) -> TcpStream {
+    raise_descriptor_limit();
+    let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    with_timeouts(stream)
+}
+
+/// A test's connection to a server. Every read and every write has a timeout. One descriptor
+/// per client (the reader owns the socket; writes go through a shared reference to it).
 pub struct Client {
-    stream: TcpStream,
     reader: BufReader<TcpStream>,
     /// `MSG` lines that arrived while we waited for a reply.
     pub messages: VecDeque<String>,
@@ -567,17 +884,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects (with a timeout) and sets the read timeout.
+    /// Connects (with a timeout) and sets the read and write timeouts.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("set timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
         Client {
-            stream,
-            reader,
+            reader: BufReader::new(connect_stream(addr)),
             messages: VecDeque::new(),
             hello: None,
         }
@@ -585,9 +895,14 @@ impl Client {
 
     /// Sets how long a read may wait.
     pub fn set_timeout(&self, timeout: Duration) {
-        self.stream
+        self.stream()
             .set_read_timeout(Some(timeout))
             .expect("set timeout");
+    }
+
+    /// The local port of this client's connection (how `ss` tells it from the others).
+    pub fn local_port(&self) -> u16 {
+        self.stream().local_addr().expect("local address").port()
     }
 
     /// True if nothing arrives for `quiet`: the client is still waiting (in the accept queue,
@@ -641,7 +956,10 @@ impl Client {
 
     /// Sends raw bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send to server");
+        let mut stream: &TcpStream = self.reader.get_ref();
+        stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("send to the server: {e}"));
     }
 
     /// Sends one line (adds `\n`).
@@ -731,19 +1049,19 @@ impl Client {
 
     /// Shuts down our sending side (half-close): the server sees end of stream.
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream().shutdown(Shutdown::Write);
     }
 
     /// Closes with a reset (RST) instead of a normal close: SO_LINGER with a zero timeout.
     pub fn reset(self) {
-        let socket = socket2::SockRef::from(&self.stream);
+        let socket = socket2::SockRef::from(self.stream());
         let _ = socket.set_linger(Some(Duration::ZERO));
         drop(self);
     }
 
     /// The socket, for anything else.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.reader.get_ref()
     }
 }
 
@@ -787,6 +1105,45 @@ mod tests {
         );
         assert_eq!(parse_served("OK 3"), None);
         assert_eq!(parse_served("ERR x"), None);
+    }
+
+    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let payload = std::panic::catch_unwind(f).unwrap_err();
+        match payload.downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => payload.downcast_ref::<&str>().unwrap().to_string(),
+        }
+    }
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_package() {
+        let message = panic_message(|| {
+            tool("no-such-tool-netlabs");
+        });
+        assert!(message.contains("`no-such-tool-netlabs`"), "{message}");
+        assert_eq!(package_of_tool("ss"), "iproute2");
+        assert_eq!(package_of_tool("prlimit"), "util-linux");
+        let _ = tool("sh"); // found
+    }
+
+    #[test]
+    fn too_few_descriptors_say_which_limit_and_how_to_raise_it() {
+        let (soft, hard) = raise_descriptor_limit();
+        assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+        need_descriptors(soft);
+        let message = panic_message(|| need_descriptors(u64::MAX));
+        assert!(message.contains("ulimit -Hn"), "{message}");
+        assert!(message.contains("/etc/security/limits.conf"), "{message}");
+    }
+
+    #[test]
+    fn scratch_files_live_in_this_checkouts_target_folder() {
+        let dir = scratch_dir();
+        assert!(dir.is_dir());
+        let exe = std::env::current_exe().unwrap();
+        assert!(exe.starts_with(dir.parent().unwrap()), "{}", dir.display());
+        let _lock = file_lock("harness-self-test", true);
+        assert!(dir.join("harness-self-test.lock").is_file());
     }
 
     #[test]

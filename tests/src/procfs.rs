@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::Command;
 
 /// The fields of `/proc/<pid>/stat` the tests care about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +127,7 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 /// The accept queue of the TCP socket listening on `port`, as `ss -ltn` shows it:
 /// `(Recv-Q, Send-Q)` = (connections waiting to be accepted, the backlog).
 pub fn listen_queue(port: u16) -> Result<(u32, u32), String> {
-    let output = Command::new("ss")
+    let output = crate::tool("ss")
         .args(["-ltnH", &format!("sport = :{port}")])
         .output()
         .map_err(|e| format!("cannot run `ss` (package iproute2): {e}"))?;

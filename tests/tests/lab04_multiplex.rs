@@ -8,17 +8,31 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use socket2::{Domain, Socket, Type};
 use tests::{
-    help_listing, procfs, run_binary, run_demo, run_with_timeout, wait_until, Client, Demo, Server,
+    help_listing, need_descriptors, procfs, run_binary, run_demo, run_with_timeout, tool,
+    wait_until, Client, Demo, Server,
 };
 
 const SERVER: &str = "multiplex-server";
+
+/// The tests that open a thousand connections take turns, so that together they never need
+/// more than one thousand-odd descriptors in this test process at once.
+static MANY_DESCRIPTORS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`MANY_DESCRIPTORS`] (whatever another test's failure did to it) and checks that this
+/// process, and the server it starts, may open `count` descriptors.
+fn many_descriptors(count: u64) -> std::sync::MutexGuard<'static, ()> {
+    let turn = MANY_DESCRIPTORS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    need_descriptors(count);
+    turn
+}
 
 /// A hundred clients connected at once are all greeted and answered by the one thread of the
 /// one process, and share one counter.
@@ -470,6 +484,7 @@ api_tests! {
 
 #[test]
 fn a_thousand_clients_are_served_with_the_default_api() {
+    let _turn = many_descriptors(1200);
     let server = Server::start(SERVER, &["--quiet"]);
     let baseline = procfs::fd_count(server.pid());
     let mut clients: Vec<Client> = (0..1000).map(|_| server.greeted()).collect();
@@ -490,6 +505,7 @@ fn a_thousand_clients_are_served_with_the_default_api() {
 
 #[test]
 fn select_refuses_the_client_past_fd_setsize_and_serves_the_others() {
+    let _turn = many_descriptors(1200);
     let mut server = Server::start(SERVER, &["--api", "select"]);
     let mut clients: Vec<Client> = (0..1030).map(|_| server.connect()).collect();
     let firsts: Vec<String> = clients
@@ -534,7 +550,7 @@ fn out_of_descriptors_the_extra_client_is_refused_and_the_loop_goes_on() {
     let server = Server::start(SERVER, &[]);
     // Lower the running server's descriptor limit (ulimit -n) to leave room for 5 clients.
     let limit = procfs::fd_count(server.pid()) + 5;
-    let mut prlimit = Command::new("prlimit");
+    let mut prlimit = tool("prlimit");
     prlimit.args([
         format!("--nofile={limit}:{limit}"),
         format!("--pid={}", server.pid()),

@@ -213,25 +213,52 @@ fn become_subreaper() {
     });
 }
 
-/// The processes of process group `pgrp` that were handed to this test process (see
-/// [`become_subreaper`]), zombies included.
-fn our_orphans_in_group(pgrp: i32) -> Vec<i32> {
-    procfs::children_of(std::process::id() as i32)
+/// The process group of this test process.
+fn our_pgrp() -> i32 {
+    nix::unistd::getpgrp().as_raw()
+}
+
+/// The processes handed to this test process (see [`become_subreaper`]) from the process group
+/// of something it started in a group of its own (a server and what it forked), with that
+/// group: children of ours whose group is neither theirs nor ours. Zombies included.
+fn orphans_now() -> Vec<(i32, procfs::Stat)> {
+    let me = std::process::id() as i32;
+    let ours = our_pgrp();
+    procfs::children_of(me)
         .into_iter()
-        .filter(|&pid| pid != pgrp && procfs::stat(pid).is_some_and(|s| s.pgrp == pgrp))
+        .filter_map(|pid| Some((pid, procfs::stat(pid)?)))
+        .filter(|(pid, stat)| stat.pgrp != *pid && stat.pgrp != ours)
         .collect()
 }
 
-/// Reaps the processes of group `pgrp` that were handed to us (after the group was killed),
-/// waiting at most a few seconds. Only those pids: never `waitpid(-1)`, which could take the
-/// status of a process another test waits for.
+/// Orphans the harness has reaped, by process group: what [`Server::orphans`] reports.
+static REAPED_ORPHANS: Mutex<Vec<(i32, i32)>> = Mutex::new(Vec::new());
+
+/// Reaps every orphan that has exited (a zombie handed to us), remembering its group. Only those
+/// pids, one by one: never `waitpid(-1)`, which could take the status of a process another
+/// test waits for. Called before every server starts, so that no zombie of ours holds on to a
+/// pid (or to what a killed server left behind) that the next server looks at.
+fn reap_orphans() {
+    for (pid, stat) in orphans_now() {
+        if stat.state == 'Z'
+            && matches!(
+                waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+                Ok(status) if status.pid().is_some()
+            )
+        {
+            REAPED_ORPHANS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((stat.pgrp, pid));
+        }
+    }
+}
+
+/// After killing group `pgrp`: reaps its orphans as they die, waiting at most a few seconds.
 fn reap_orphans_in_group(pgrp: i32) {
     wait_until(Duration::from_secs(5), || {
-        let left = our_orphans_in_group(pgrp);
-        for &pid in &left {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-        }
-        our_orphans_in_group(pgrp).is_empty()
+        reap_orphans();
+        orphans_now().iter().all(|(_, stat)| stat.pgrp != pgrp)
     });
 }
 
@@ -338,8 +365,8 @@ pub struct Server {
     child: Child,
     /// The address from its `listening on` line.
     pub addr: SocketAddr,
-    /// Whether it runs with `--quiet` (no narration to read).
-    quiet: bool,
+    /// Whether the harness added `--quiet` ([`quiet_mode`]): then there is no narration to read.
+    quieted: bool,
     stderr: Arc<Mutex<String>>,
     stdout_rest: Arc<Mutex<String>>,
     stdout_closed: Arc<Mutex<bool>>,
@@ -355,10 +382,13 @@ impl Server {
     /// Like [`start`](Self::start), but returns what went wrong instead of panicking.
     pub fn try_start(binary_name: &str, args: &[&str]) -> Result<Server, String> {
         let mut args = args.to_vec();
-        if quiet_mode() && !args.contains(&"--quiet") {
+        let quieted = quiet_mode() && !args.contains(&"--quiet");
+        if quieted {
             args.push("--quiet");
         }
-        Self::launch(binary_name, &args)
+        let mut server = Self::launch(binary_name, &args)?;
+        server.quieted = quieted;
+        Ok(server)
     }
 
     /// Starts `binary` with `--port 0` and `args` as they are, never adding `--quiet`: for the
@@ -371,6 +401,7 @@ impl Server {
     fn launch(binary_name: &str, args: &[&str]) -> Result<Server, String> {
         let path = binary(binary_name);
         become_subreaper();
+        reap_orphans();
         let mut command = Command::new(&path);
         command
             .args(["--port", "0"])
@@ -383,6 +414,11 @@ impl Server {
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        // A group of this number that ended earlier (the kernel reuses pids) is not this one.
+        REAPED_ORPHANS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(pgrp, _)| *pgrp != child.id() as i32);
         let stderr = collect(child.stderr.take().expect("piped")).text;
         let (line_tx, line_rx) = mpsc::channel();
         let stdout_rest = Arc::new(Mutex::new(String::new()));
@@ -412,7 +448,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
-            quiet: args.contains(&"--quiet"),
+            quieted: false,
             stderr,
             stdout_rest,
             stdout_closed,
@@ -504,6 +540,7 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                reap_orphans();
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -528,7 +565,22 @@ impl Server {
     /// exited: children it did not reap (zombies) or left running. Empty for a server that
     /// reaped every child before it exited. Meaningful once the server has exited.
     pub fn orphans(&self) -> Vec<i32> {
-        our_orphans_in_group(self.pid())
+        reap_orphans();
+        let group = self.pid();
+        let mut pids: Vec<i32> = REAPED_ORPHANS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(pgrp, _)| *pgrp == group)
+            .map(|(_, pid)| *pid)
+            .collect();
+        pids.extend(
+            orphans_now()
+                .into_iter()
+                .filter(|(_, stat)| stat.pgrp == group)
+                .map(|(pid, _)| pid),
+        );
+        pids
     }
 
     /// True once process `pid` (a child of the server) is gone: no longer in `/proc` as a child
@@ -586,19 +638,16 @@ impl Server {
         self.narrates_within(text, NARRATION_TIMEOUT)
     }
 
-    /// Panics if the server runs with `--quiet`: a test that reads narration belongs in
-    /// tests/tests/narration.rs and starts its server with [`start_narrating`](Self::start_narrating).
+    /// Panics if the harness started the server with `--quiet` ([`quiet_mode`]): a test that
+    /// reads narration belongs in tests/tests/narration.rs and starts its server with
+    /// [`start_narrating`](Self::start_narrating). (A test that passes `--quiet` itself may still
+    /// look for what `--quiet` keeps, such as the warning for a non-loopback `--host`.)
     fn expect_narration(&self) {
         assert!(
-            !self.quiet,
-            "this test reads the server's narration, but the server runs with --quiet{}: \
-             graded tests observe only the contract and the system (narration tests go in \
-             tests/tests/narration.rs)",
-            if quiet_mode() {
-                " (NETLABS_QUIET=1)"
-            } else {
-                ""
-            }
+            !self.quieted,
+            "this test reads the server's narration, but NETLABS_QUIET=1 started the server \
+             with --quiet: graded tests observe only the contract and the system (narration \
+             tests go in tests/tests/narration.rs)"
         );
     }
 

@@ -74,13 +74,15 @@ enum Workload {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// A short preset (under a minute on 2 cores): C = 1, 10, 100; 0.5 s per point; the main
-    /// targets. Flags given explicitly still win.
+    /// targets (at least one server of every lab, and both baselines). Flags given explicitly
+    /// still win.
     #[arg(long)]
     quick: bool,
 
-    /// Targets to measure, comma-separated [default: all; with --quick: iterative, fork,
-    /// prefork, thread, pool, epoll, tokio-ct, tokio-mt]. Names: iterative, fork, prefork,
-    /// thread, pool, select, poll, epoll, epoll-edge, ipc, tokio-ct, tokio-mt.
+    /// Targets to measure, comma-separated [default: all; with --quick: one or more servers of
+    /// every lab and both baselines: iterative, fork, prefork, thread, pool, select, poll, epoll,
+    /// ipc, tokio-ct, tokio-mt]. Names: iterative, fork, prefork, thread, pool, select, poll,
+    /// epoll, epoll-edge, ipc, tokio-ct, tokio-mt.
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
 
@@ -202,7 +204,10 @@ impl Plan {
                 "prefork",
                 "thread",
                 "pool",
+                "select",
+                "poll",
                 "epoll",
+                "ipc",
                 "tokio-ct",
                 "tokio-mt",
             ]
@@ -350,6 +355,7 @@ fn run(args: RunArgs) -> Result<()> {
         date: shell(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         kernel: shell(&["uname", "-sr"]),
+        machine: machine(),
         commit: shell(&[
             "git",
             "-C",
@@ -967,6 +973,28 @@ fn loadavg() -> String {
 }
 
 /// The trimmed stdout of a command, or "?".
+/// The CPU model and the memory size, for the results' header ("" if /proc does not say).
+fn machine() -> String {
+    let field = |file: &str, key: &str| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let cpu = field("/proc/cpuinfo", "model name");
+    let memory = field("/proc/meminfo", "MemTotal").and_then(|v| {
+        let kib: f64 = v.trim_end_matches("kB").trim().parse().ok()?;
+        Some(format!("{:.1} GiB of memory", kib / 1024.0 / 1024.0))
+    });
+    [cpu, memory]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn shell(argv: &[&str]) -> String {
     std::process::Command::new(argv[0])
         .args(&argv[1..])

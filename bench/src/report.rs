@@ -245,7 +245,11 @@ pub struct Meta {
     pub cpus: usize,
     /// `uname -sr`.
     pub kernel: String,
-    /// The git commit measured.
+    /// The CPU model and the memory, from `/proc/cpuinfo` and `/proc/meminfo`.
+    #[serde(default)]
+    pub machine: String,
+    /// The git commit measured (kept in results.json only: the markdown is shown to students,
+    /// and a re-run replaces it).
     pub commit: String,
     /// Payload bytes per ECHO.
     pub size: usize,
@@ -277,13 +281,15 @@ impl Results {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let m = &self.meta;
-        let _ = writeln!(out, "# netlabs bench results\n");
+        // No title: docs/benchmarks.md includes this file under its own heading.
         let _ = writeln!(out, "- command: `{}`", m.command);
-        let _ = writeln!(
-            out,
-            "- date: {}; commit {}; {} CPUs; {}",
-            m.date, m.commit, m.cpus, m.kernel
-        );
+        let _ = writeln!(out, "- date: {}", m.date);
+        let machine = if m.machine.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", m.machine)
+        };
+        let _ = writeln!(out, "- machine: {} CPUs{machine}; {}", m.cpus, m.kernel);
         let _ = writeln!(
             out,
             "- ECHO payload {} bytes; {} s per timed measurement",

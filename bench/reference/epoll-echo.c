@@ -7,11 +7,11 @@
  *
  * Build it under the name of lab04's binary, and point the bench at its folder:
  *
- *   mkdir -p /tmp/ref && gcc -O2 -o /tmp/ref/multiplex-server docs/bench/reference/epoll-echo.c
+ *   mkdir -p /tmp/ref && gcc -O2 -o /tmp/ref/multiplex-server bench/reference/epoll-echo.c
  *   cargo run --release -p bench -- --bin-dir /tmp/ref --targets epoll,tokio-ct \
  *       -c 100,1000 -d 3 --workloads echo --repeat 3
  *
- * (The `epoll` row is then this program.) docs/benchmarks.md has what it measured.
+ * (The `epoll` row is then this program.) bench/NOTES.md has what it measured here.
  */
 #define _GNU_SOURCE
 #include <netinet/in.h>

@@ -376,7 +376,7 @@ fn every_korean_chapter_names_the_current_version_of_its_english_source() {
             continue; // the source is not committed yet: nothing to compare with
         }
         if !is_ancestor(&last, &named) {
-            let short = git(&["log", "-1", "--format=%h %s", &last]).unwrap_or(last);
+            let short = git(&["log", "-1", "--format=%h", &last]).unwrap_or(last);
             problems.push(format!(
                 "{}: translated from {source} @ {hash}, but {source} changed since, in {short}: \
                  bring the chapter in step and name that commit",

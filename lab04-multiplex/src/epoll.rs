@@ -15,10 +15,7 @@
 //!   loop reads only part of it, nothing reminds it of the rest: that client is stuck until it
 //!   sends something more, maybe forever. **The trap**: with edge triggering you must read (and
 //!   accept, and write) until the call fails with `WouldBlock`. The event loop does exactly that
-//!   when `--edge` is given (see `drain` in `main.rs`). Fewer wake-ups, more care.
-//!
-//! (The polling crate's default mode is a third one, *oneshot*: report once, then disarm until
-//! re-armed. We ask for level or edge explicitly.)
+//!   when `--edge` is given (see `read_and_answer` in `main.rs`). Fewer wake-ups, more care.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -40,7 +37,7 @@ impl Epoll {
     pub fn new(edge: bool) -> io::Result<Self> {
         Ok(Epoll {
             poller: Poller::new()?,
-            events: Events::new(), // up to 1,024 ready descriptors per wait; the rest come next time
+            events: Events::new(),
             mode: if edge {
                 PollMode::Edge
             } else {

@@ -10,7 +10,6 @@
 //! `POLLHUP` and `POLLERR` are reported even if we did not ask for them; we pass them on as
 //! "readable and writable", so the next `read`/`write` meets the error.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
@@ -20,19 +19,20 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::readiness::{Interest, Readiness, Ready};
 
-/// The pollfd array, and where each descriptor sits in it.
+/// The pollfd array.
 pub struct Poll {
     fds: Vec<PollFd<'static>>,
-    index: HashMap<RawFd, usize>,
 }
 
 impl Poll {
     /// An empty array.
     pub fn new() -> Self {
-        Poll {
-            fds: Vec::new(),
-            index: HashMap::new(),
-        }
+        Poll { fds: Vec::new() }
+    }
+
+    /// Where `fd` sits in the array. A linear search: each wait scans the whole array anyway.
+    fn position(&self, fd: RawFd) -> Option<usize> {
+        self.fds.iter().position(|p| p.as_fd().as_raw_fd() == fd)
     }
 }
 
@@ -52,27 +52,21 @@ impl Readiness for Poll {
         // SAFETY: a pollfd only records the number; poll never closes it. The event loop removes
         // the entry (below) before it closes the descriptor, so no entry outlives its file.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.index.insert(fd, self.fds.len());
         self.fds.push(PollFd::new(borrowed, flags(interest)));
         Ok(())
     }
 
     fn modify(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let &i = self
-            .index
-            .get(&fd)
+        let i = self
+            .position(fd)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not watched"))?;
         self.fds[i].set_events(flags(interest));
         Ok(())
     }
 
     fn remove(&mut self, fd: RawFd) -> io::Result<()> {
-        if let Some(i) = self.index.remove(&fd) {
-            // Move the last entry into the hole (order does not matter to poll).
-            self.fds.swap_remove(i);
-            if let Some(moved) = self.fds.get(i) {
-                self.index.insert(moved.as_fd().as_raw_fd(), i);
-            }
+        if let Some(i) = self.position(fd) {
+            self.fds.swap_remove(i); // the last entry fills the hole: poll ignores the order
         }
         Ok(())
     }

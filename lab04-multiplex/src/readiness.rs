@@ -15,6 +15,26 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use clap::ValueEnum;
+use common::narrate;
+
+/// The readiness APIs, as `--api` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Api {
+    Select,
+    Poll,
+    Epoll,
+}
+
+/// Makes an empty set of watched descriptors for `api`; `edge` asks epoll for edge triggering.
+pub fn open(api: Api, edge: bool) -> io::Result<Box<dyn Readiness>> {
+    Ok(match api {
+        Api::Select => Box::new(crate::select::Select::new()),
+        Api::Poll => Box::new(crate::poll::Poll::new()),
+        Api::Epoll => Box::new(crate::epoll::Epoll::new(edge)?),
+    })
+}
+
 /// What the loop wants to hear about one descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interest {
@@ -22,6 +42,14 @@ pub struct Interest {
     pub read: bool,
     /// Tell me when a `write` would not block (only while we have output waiting).
     pub write: bool,
+}
+
+impl Interest {
+    /// Readable only: what a new socket is watched for.
+    pub const READ: Interest = Interest {
+        read: true,
+        write: false,
+    };
 }
 
 /// One descriptor the kernel reported ready. An error or hang-up on the socket is reported as
@@ -43,8 +71,8 @@ pub struct Ready {
 /// a number can be reused by the next `accept`.
 pub trait Readiness {
     /// Whether this API can watch descriptor `fd` at all (select cannot past FD_SETSIZE).
-    fn can_watch(&self, _fd: RawFd) -> bool {
-        true
+    fn can_watch(&self, fd: RawFd) -> bool {
+        fd >= 0
     }
     /// Starts watching `fd`.
     fn add(&mut self, fd: RawFd, interest: Interest) -> io::Result<()>;
@@ -56,4 +84,19 @@ pub trait Readiness {
     /// limit), and appends what is ready to `ready`. A signal arriving meanwhile may end the wait
     /// early with nothing ready (`EINTR`); the loop then checks its signal flag.
     fn wait(&mut self, timeout: Option<Duration>, ready: &mut Vec<Ready>) -> io::Result<()>;
+}
+
+/// `--trace`: one line per wake-up, saying what was ready (`name` names a descriptor).
+pub fn narrate_wake_up(ready: &[Ready], watched: usize, name: impl Fn(RawFd) -> String) {
+    let what: Vec<String> = ready
+        .iter()
+        .map(|r| match (r.readable, r.writable) {
+            (true, true) => format!("{} (readable, writable)", name(r.fd)),
+            (false, true) => format!("{} (writable)", name(r.fd)),
+            _ => name(r.fd),
+        })
+        .collect();
+    let s = if ready.len() == 1 { "" } else { "s" };
+    let (count, what) = (ready.len(), what.join(", "));
+    narrate!("woke with {count} ready descriptor{s} of {watched} watched: {what}");
 }

@@ -54,13 +54,6 @@ fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-fn too_high(fd: RawFd) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("descriptor {fd} does not fit in select()'s fd_set (FD_SETSIZE = {FD_SETSIZE})"),
-    )
-}
-
 impl Readiness for Select {
     fn can_watch(&self, fd: RawFd) -> bool {
         fd >= 0 && (fd as usize) < FD_SETSIZE
@@ -68,16 +61,14 @@ impl Readiness for Select {
 
     fn add(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
         if !self.can_watch(fd) {
-            return Err(too_high(fd)); // never let FdSet::insert panic
+            let e = format!("descriptor {fd} is past select()'s FD_SETSIZE ({FD_SETSIZE})");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e)); // not a panic in insert
         }
         self.watched.insert(fd);
         self.modify(fd, interest)
     }
 
     fn modify(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        if !self.watched.contains(&fd) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "not watched"));
-        }
         let bit = borrow(fd);
         for (set, wanted) in [
             (&mut self.read_set, interest.read),

@@ -278,6 +278,57 @@ fn student_facing_text_tells_no_project_history() {
     );
 }
 
+/// Words the Korean edition does not use, each with the one it uses for the same idea (the
+/// glossary's "한 가지 뜻에 한 가지 용어" and the notes' own spellings).
+const KOREAN_VARIANTS: &[(&str, &str)] = &[
+    ("충돌", "크래시"),
+    ("거두", "회수"),
+    ("대기 소켓", "리스닝 소켓"),
+    ("진행 설명", "내레이션"),
+    ("해설", "내레이션"),
+    ("상태 코드", "종료 상태"),
+    ("종료 코드", "종료 상태"),
+    ("컨텍스트 스위치", "문맥 교환"),
+    ("문맥 전환", "문맥 교환"),
+    ("스레드", "쓰레드"),
+    ("블로킹", "블록킹"),
+    ("메시지 큐", "메시지큐"),
+    ("백로그", "백 로그"),
+];
+
+#[test]
+fn the_korean_edition_uses_one_term_per_idea() {
+    let root = workspace_root();
+    let mut chapters = Vec::new();
+    markdown_under(&root, Path::new("book/ko/src"), &mut chapters);
+    // The glossary names the variants it rejects.
+    chapters.retain(|c| c.file_name().is_some_and(|n| n != "glossary.md"));
+    let mut found = Vec::new();
+    for chapter in &chapters {
+        let text = fs::read_to_string(root.join(chapter)).expect("a readable chapter");
+        for (n, line) in text.lines().enumerate() {
+            for (variant, term) in KOREAN_VARIANTS {
+                // "쓰레드" contains "스레드" only after "쓰": look at what precedes it.
+                let hits = line
+                    .match_indices(variant)
+                    .any(|(at, _)| !(*variant == "스레드" && line[..at].ends_with('쓰')));
+                if hits {
+                    found.push(format!(
+                        "{}:{}: {variant:?}: the book says {term:?}",
+                        chapter.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the Korean edition uses one term per idea (book/ko/src/glossary.md):\n{}",
+        found.join("\n")
+    );
+}
+
 /// Runs git in the workspace; `None` if it cannot run or fails.
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")

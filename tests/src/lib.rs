@@ -1086,6 +1086,25 @@ impl Client {
         }
     }
 
+    /// Reads everything the server sends until it closes the connection (end of stream, or a
+    /// reset once everything before it was read) and returns the bytes exactly. Panics if the
+    /// connection is still open after the read timeout.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return received,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return received,
+                Err(e) => panic!(
+                    "the server did not close the connection ({e}); it sent {:?}",
+                    String::from_utf8_lossy(&received)
+                ),
+            }
+        }
+    }
+
     /// Reads lines until the connection closes (or a read times out) and returns the last one
     /// (empty if none came): what the client was told last, such as `BYE`.
     pub fn last_line(&mut self) -> String {

@@ -142,20 +142,23 @@ fn bad_input_gets_the_contract_answer_and_the_next_client_is_served() {
     assert!(client.request("SAY anyone?").starts_with("ERR "));
     assert_eq!(client.request("echo still usable"), "OK still usable");
 
-    // An abrupt disconnect in the middle of a line...
-    client.send_raw(b"ECHO half a li");
+    // An abrupt disconnect in the middle of a line: the unfinished `INCR` is not counted...
+    client.send_raw(b"INCR");
     drop(client);
     let mut next = server.greeted();
-    assert_eq!(next.request("ECHO next"), "OK next");
-    // ... and a reset in the middle of a line.
-    next.send_raw(b"INC");
+    assert_eq!(
+        next.request("INCR"),
+        "OK 1",
+        "a line cut off by a close is discarded, not run"
+    );
+    // ... nor one cut off by a reset.
+    next.send_raw(b"INCR");
     next.reset();
     let mut after = server.greeted();
-    assert_eq!(after.request("INCR"), "OK 1");
-    assert!(
-        server.narrates("in the middle of a line"),
-        "narrated:\n{}",
-        server.stderr()
+    assert_eq!(
+        after.request("INCR"),
+        "OK 2",
+        "a line cut off by a reset is discarded, not run"
     );
 }
 
@@ -163,15 +166,20 @@ fn bad_input_gets_the_contract_answer_and_the_next_client_is_served() {
 fn a_half_closed_client_still_gets_its_reply() {
     let server = Server::start(SERVER, &[]);
     let mut client = server.greeted();
-    client.send("ECHO before the close");
+    // One complete line, then an unfinished one, then end of stream (shutdown of our write side).
+    client.send_raw(b"INCR\nINCR");
     client.shutdown_write();
-    assert_eq!(client.read_reply().unwrap(), "OK before the close");
-    assert!(
-        client.closes(),
-        "the server closes after the client's end of stream"
+    assert_eq!(
+        client.read_to_close(),
+        b"OK 1\n",
+        "exactly one reply, for the one complete line, then the server closes"
     );
     let mut next = server.greeted();
-    assert_eq!(next.request("WHO").split(' ').next(), Some("OK"));
+    assert_eq!(
+        next.request("INCR"),
+        "OK 2",
+        "the unfinished INCR was not counted"
+    );
 }
 
 #[test]
@@ -180,6 +188,11 @@ fn sigterm_and_sigint_exit_zero_even_while_serving() {
         let mut server = Server::start(SERVER, &[]);
         let mut client = server.greeted();
         assert_eq!(client.request("ECHO hi"), "OK hi");
+        let mut queued = server.connect();
+        assert!(
+            server.accept_queue_reaches(1),
+            "the second client is queued"
+        );
         let status = server.stop_with(signal, Duration::from_secs(10));
         assert_eq!(status.code(), Some(0), "{signal}: {status}");
         assert_eq!(
@@ -188,6 +201,16 @@ fn sigterm_and_sigint_exit_zero_even_while_serving() {
             "the client is told"
         );
         assert!(client.closes());
+        assert_eq!(
+            queued.read_to_close(),
+            b"",
+            "{signal}: a client still in the accept queue is closed without a greeting"
+        );
+        assert_eq!(
+            server.stdout_after_listening(),
+            "",
+            "nothing on stdout after `listening on`"
+        );
     }
     // And while idle in accept(), just after it started listening.
     let mut idle = Server::start(SERVER, &[]);
@@ -196,6 +219,57 @@ fn sigterm_and_sigint_exit_zero_even_while_serving() {
             .code(),
         Some(0)
     );
+}
+
+#[test]
+fn sigterm_cuts_a_sleep_short() {
+    let mut server = Server::start(SERVER, &[]);
+    let mut sleeper = server.greeted();
+    sleeper.send("SLEEP 10000");
+    assert!(
+        server.is_working_on_request_of(&sleeper),
+        "the server never started the SLEEP"
+    );
+    let signalled = Instant::now();
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM: a SLEEP in progress is cut short"
+    );
+    assert_eq!(sleeper.last_line(), "BYE", "the sleeper is told");
+}
+
+#[test]
+fn a_panic_ends_the_server_with_status_101() {
+    let mut server = Server::start(SERVER, &["--allow-panic"]);
+    let mut client = server.greeted();
+    let mut queued = server.connect();
+    assert!(
+        server.accept_queue_reaches(1),
+        "the second client is queued"
+    );
+    client.send("PANIC");
+    assert_eq!(
+        client.read_to_close(),
+        b"",
+        "no reply to PANIC, then closed"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server exits after PANIC");
+    assert_eq!(
+        status.code(),
+        Some(101),
+        "a panic in the main thread: {status}"
+    );
+    assert_eq!(
+        queued.read_to_close(),
+        b"",
+        "the queued client is closed without a greeting"
+    );
+    assert_eq!(server.stdout_after_listening(), "");
 }
 
 #[test]
@@ -252,23 +326,61 @@ fn the_demo_shows_each_client_waiting_for_the_one_before() {
 #[test]
 fn an_idle_timeout_frees_the_server_from_a_silent_client() {
     let server = Server::start(SERVER, &["--idle-timeout", "1"]);
+    let connecting = Instant::now();
     let mut silent = server.greeted();
-    let queued_at = Instant::now();
+    let greeted = Instant::now();
     let mut next = server.connect();
     assert_eq!(
         silent.read_line().as_deref(),
         Ok("BYE idle"),
         "the silent client is told"
     );
+    // Not before its second of silence (counted from before it connected), and not much after
+    // it (counted from its HELLO): the number given is the number used.
+    assert!(
+        connecting.elapsed() >= Duration::from_millis(950),
+        "BYE idle after only {:?} of --idle-timeout 1",
+        connecting.elapsed()
+    );
+    assert!(
+        greeted.elapsed() < Duration::from_secs(4),
+        "BYE idle only after {:?} of --idle-timeout 1",
+        greeted.elapsed()
+    );
     assert!(silent.closes());
     next.read_hello();
-    assert!(
-        queued_at.elapsed() >= Duration::from_millis(500),
-        "not before the timeout"
-    );
     // A client that keeps talking is not cut off by the timeout.
     for _ in 0..3 {
         assert_eq!(next.request("SLEEP 400"), "OK slept 400");
     }
     assert_eq!(next.request("ECHO still here"), "OK still here");
+}
+
+#[test]
+fn an_idle_timeout_of_three_seconds_waits_three_seconds() {
+    let server = Server::start(SERVER, &["--idle-timeout", "3"]);
+    let connecting = Instant::now();
+    let mut silent = server.greeted();
+    let greeted = Instant::now();
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert!(
+        connecting.elapsed() >= Duration::from_millis(2950),
+        "BYE idle after only {:?} of --idle-timeout 3",
+        connecting.elapsed()
+    );
+    assert!(
+        greeted.elapsed() < Duration::from_secs(6),
+        "BYE idle only after {:?} of --idle-timeout 3",
+        greeted.elapsed()
+    );
+}
+
+#[test]
+fn each_client_gets_a_positive_client_id() {
+    let server = Server::start(SERVER, &[]);
+    for _ in 0..3 {
+        let mut client = server.greeted();
+        assert!(client.client_id() > 0);
+        assert_eq!(client.request("QUIT"), "OK bye");
+    }
 }

@@ -8,7 +8,10 @@ but not in the book, so this rewrites them:
     link to that file's chapter;
   - a link to a source file (src/main.rs, ../common/src/fork.rs) becomes its repository path in
     code font, since the book does not carry the sources;
-  - images, web links and anchors are left alone.
+  - an image from the book's own folder (../book/src/img/x.svg from a lab README) becomes a path
+    relative to the chapter (../img/x.svg), so the Korean book, whose chapters are translations
+    with the same relative links, shows its own img/x.svg (with Korean labels);
+  - other images, web links and anchors are left alone.
 Used from book.toml and book/ko/book.toml as `[preprocessor.repolinks] command = "python3 links.py"` (not `links`: that name is mdBook's own include preprocessor).
 """
 import json
@@ -30,6 +33,8 @@ CHAPTER_ORIGIN = {
 }
 REPO_FILE_TO_CHAPTER = {origin: chapter for chapter, origin in CHAPTER_ORIGIN.items()}
 REPO_FILE_TO_CHAPTER["README.md"] = "introduction.md"
+# where the book's own files (its images) live, seen from the repository root
+BOOK_SRC = "book/src/"
 LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
@@ -42,10 +47,15 @@ def rewrite(content, chapter_path):
 
     def fix(match):
         bang, text, target = match.groups()
-        if bang or re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
             return match.group(0)
         path, _, anchor = target.partition("#")
         repo_path = posixpath.normpath(posixpath.join(origin_dir, path))
+        if bang:
+            if repo_path.startswith(BOOK_SRC):
+                rel = posixpath.relpath(repo_path[len(BOOK_SRC) :], chapter_dir or ".")
+                return f"![{text}]({rel})"
+            return match.group(0)
         chapter = REPO_FILE_TO_CHAPTER.get(repo_path)
         if chapter is not None:
             rel = posixpath.relpath(chapter, chapter_dir or ".")

@@ -4,7 +4,7 @@
 //! shared flags, adds its own (`--prefork`, `--api`, ...) and calls [`parse`], which fills in the
 //! lab's default port and backlog. Bad usage exits with status 2 and a clear message (clap's rule).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
@@ -47,6 +47,13 @@ pub struct ServerArgs {
     /// Korean labels when the locale is Korean).
     #[arg(long, value_name = "FILE", requires = "demo")]
     pub svg: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    /// `--host` and `--port`: the address to listen on.
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
 }
 
 /// Parses the command line of a lab's server, with `model`'s default port and `backlog` as the

@@ -192,11 +192,6 @@ impl<R: Read> LineReader<R> {
             self.framer.feed(&self.chunk[..n]);
         }
     }
-
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
 }
 
 #[cfg(test)]

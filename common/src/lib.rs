@@ -5,9 +5,9 @@
 //! - [`session`]: answering requests, and the blocking read-answer loop;
 //! - [`cli`]: the shared command-line flags;
 //! - [`listener`]: the listening socket and the `listening on` line;
-//! - [`narrate`]: what the server tells the student on stderr;
+//! - [`narration`]: what the server tells the student on stderr (the [`narrate!`] macro);
 //! - [`signals`]: stopping cleanly on SIGINT/SIGTERM;
-//! - [`fork`]: a fork server's parent side: reaping, counting and stopping its children;
+//! - [`fork`]: a fork server's plumbing: race-free waits, its table of children, stopping them;
 //! - [`client`]: the interactive client;
 //! - [`demo`]: the one-command demo with its timeline.
 
@@ -17,7 +17,7 @@ pub mod demo;
 pub mod fork;
 pub mod framing;
 pub mod listener;
-pub mod narrate;
+pub mod narration;
 pub mod protocol;
 pub mod session;
 pub mod signals;

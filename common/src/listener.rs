@@ -10,36 +10,35 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::cli::ServerArgs;
 use crate::narrate;
 
-/// Opens the listening socket described by the shared flags, prints `listening on IP:PORT` on
-/// stdout (flushed, so a test or script reading our stdout sees it at once) and narrates it.
+/// Opens a socket listening on `addr` with an accept queue of `backlog` connections, prints
+/// `listening on IP:PORT` on stdout (flushed, so a test or script reading our stdout sees it at
+/// once) and narrates it.
 ///
 /// If the address cannot be bound (already in use, not an address of this machine, a port
 /// below 1024 without privileges) it prints one clear line and exits with status 2.
-pub fn listen(args: &ServerArgs) -> TcpListener {
-    let addr = SocketAddr::new(args.host, args.port);
-    let listener = match open(addr, args.backlog) {
+pub fn listen(addr: SocketAddr, backlog: i32) -> TcpListener {
+    let listener = match open(addr, backlog) {
         Ok(listener) => listener,
         Err(e) => crate::exit_with_usage_error(&bind_error_message(addr, &e)),
     };
     let local = listener
         .local_addr()
         .expect("a bound socket has an address");
-    if !args.host.is_loopback() {
+    if !addr.ip().is_loopback() {
         // Not narration: a security warning is shown even with --quiet.
-        crate::narrate::warn(format_args!(
+        crate::narration::warn(format_args!(
             "listening on {} makes this lab server reachable from the network; \
              keep --host 127.0.0.1 unless you mean to let other machines in",
-            args.host
+            addr.ip()
         ));
     }
     let mut stdout = io::stdout().lock();
     // If nobody reads our stdout any more, there is nobody to tell: ignore the error.
     let _ = writeln!(stdout, "listening on {local}");
     let _ = stdout.flush();
-    narrate!("listening on {local} (backlog {})", args.backlog);
+    narrate!("listening on {local} (backlog {backlog})");
     listener
 }
 

@@ -54,17 +54,6 @@ impl Model {
             Model::Ipc => 7005,
         }
     }
-
-    /// The lab's server binary.
-    pub fn server_binary(self) -> &'static str {
-        match self {
-            Model::Iterative => "iterative-server",
-            Model::Fork => "fork-server",
-            Model::Thread => "thread-server",
-            Model::Multiplex => "multiplex-server",
-            Model::Ipc => "ipc-server",
-        }
-    }
 }
 
 impl fmt::Display for Model {
@@ -314,7 +303,6 @@ mod tests {
         ];
         let ports: Vec<u16> = all.iter().map(|m| m.default_port()).collect();
         assert_eq!(ports, [7001, 7002, 7003, 7004, 7005]);
-        assert_eq!(Model::Multiplex.server_binary(), "multiplex-server");
         assert_eq!(Model::Thread.to_string(), "thread");
     }
 }

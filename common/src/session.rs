@@ -11,13 +11,15 @@
 //!
 //! So a lab implements [`Shared`] (its answer to "where is the shared state?") and [`respond`]
 //! does the rest. [`serve_blocking`] is the read-respond loop of the labs that give each client
-//! its own process or thread; lab04's event loop calls [`respond`] itself.
+//! its own process or thread ([`serve_client`] on a `TcpStream`); lab04's event loop calls
+//! [`respond`] itself.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::framing::{Frame, LineReader, ReadFrame};
-use crate::narrate::{pid, tid};
+use crate::narration::{pid, tid};
 use crate::protocol::{self, Model, Request};
 use crate::{narrate, signals};
 
@@ -28,6 +30,45 @@ pub trait Shared {
     /// `SAY`: deliver `text` from client `from` to every other client as `MSG <from> <text>`.
     /// `Err(reason)` is answered as `ERR <reason>`.
     fn say(&mut self, from: u64, text: &str) -> Result<(), String>;
+}
+
+/// A `&mut` to shared state is shared state too, so a lab can lend its own to [`serve_blocking`].
+impl<T: Shared + ?Sized> Shared for &mut T {
+    fn incr(&mut self) -> u64 {
+        (**self).incr()
+    }
+
+    fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
+        (**self).say(from, text)
+    }
+}
+
+/// A counter in this process's memory, and no way to reach another client: the state of lab01
+/// and lab02. The code is the same; *where* a lab makes its counter is the lesson (lab01: once,
+/// for every client in turn; lab02: in each forked child, a copy nobody else sees).
+#[derive(Debug)]
+pub struct Counter {
+    value: u64,
+    /// Why `SAY` cannot reach anyone, answered as `ERR <why>`.
+    alone: &'static str,
+}
+
+impl Counter {
+    /// A counter at 0; `SAY` will be answered `ERR <alone>`.
+    pub fn new(alone: &'static str) -> Counter {
+        Counter { value: 0, alone }
+    }
+}
+
+impl Shared for Counter {
+    fn incr(&mut self) -> u64 {
+        self.value += 1;
+        self.value
+    }
+
+    fn say(&mut self, _from: u64, _text: &str) -> Result<(), String> {
+        Err(self.alone.into())
+    }
 }
 
 /// Who is being served, for the `HELLO` and `WHO` replies.
@@ -144,14 +185,16 @@ impl std::fmt::Display for Ending {
 /// Serves one client from `HELLO` to the end, blocking: read a line, answer it, repeat. This is
 /// the whole life of a client in the iterative, fork and thread servers.
 ///
-/// `reader` and `writer` are usually the same `TcpStream` (`&stream` for both); lab03 passes a
-/// writer that other threads can also send `MSG` lines through.
-pub fn serve_blocking<R: io::Read, W: Write>(
-    reader: R,
-    writer: &mut W,
+/// `reader` and `writer` are usually the same socket (`&stream` for both: std implements `Read`
+/// and `Write` for `&TcpStream`); lab03 passes a writer that other threads can also send `MSG`
+/// lines through. `shared` is the lab's [`Shared`] state, or a `&mut` to it.
+pub fn serve_blocking(
+    reader: impl Read,
+    mut writer: impl Write,
     client: &Client,
-    shared: &mut impl Shared,
+    mut shared: impl Shared,
 ) -> Ending {
+    let writer = &mut writer;
     let mut lines = LineReader::new(reader);
     if let Err(e) = send_line(writer, &hello(client.model)) {
         return Ending::Error(e.kind());
@@ -167,7 +210,7 @@ pub fn serve_blocking<R: io::Read, W: Write>(
             Ok(ReadFrame::Closed { .. }) | Err(_) if signals::requested() => continue,
             Ok(ReadFrame::Closed { partial }) => return Ending::ClientClosed { partial },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The socket's read timeout (see `set_idle_timeout`) ran out: the client is idle.
+            // The socket's read timeout (see `prepare_client_socket`) ran out: the client is idle.
             Err(e)
                 if matches!(
                     e.kind(),
@@ -179,7 +222,7 @@ pub fn serve_blocking<R: io::Read, W: Write>(
             }
             Err(e) => return Ending::Error(e.kind()),
         };
-        let (reply, next) = respond(frame, client, shared);
+        let (reply, next) = respond(frame, client, &mut shared);
         if let Err(e) = send_line(writer, &reply) {
             return Ending::Error(e.kind());
         }
@@ -189,29 +232,38 @@ pub fn serve_blocking<R: io::Read, W: Write>(
     }
 }
 
+/// Serves the client connected on `stream` in this process or thread, as the iterative and fork
+/// servers do: prepares the socket ([`prepare_client_socket`]; a failure is narrated, not fatal),
+/// lets a stop signal wake a blocked read ([`signals::wake_on_shutdown`]), then
+/// [`serve_blocking`].
+pub fn serve_client(
+    stream: &TcpStream,
+    client: &Client,
+    idle_timeout: Option<u64>,
+    shared: impl Shared,
+) -> Ending {
+    if let Err(e) = prepare_client_socket(stream, idle_timeout) {
+        narrate!("cannot set the socket options of client {}: {e}", client.id);
+    }
+    let _watch = signals::wake_on_shutdown(stream);
+    serve_blocking(stream, stream, client, shared)
+}
+
+/// A client that does not take the bytes sent to it for this long is given up on: a server that
+/// writes to it from a poll loop or a shared writer sets it as the socket's write timeout.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Prepares a client socket for [`serve_blocking`], right after `accept()`:
 ///
 /// - `TCP_NODELAY`: each reply leaves at once. A request/reply protocol gains nothing from
 ///   Nagle's algorithm (it holds a small write back until the client acknowledges the previous
 ///   one), and a `BYE` held back that way could be lost: closing a socket with unread input
 ///   (a client still sending) resets the connection, and what was not sent yet is thrown away.
-/// - `--idle-timeout`, through [`set_idle_timeout`].
-pub fn prepare_client_socket(
-    stream: &std::net::TcpStream,
-    idle_timeout: Option<u64>,
-) -> io::Result<()> {
+/// - `--idle-timeout` (`None`: off) as the socket's read timeout: a `read()` that waits longer
+///   fails with `EAGAIN`, and [`serve_blocking`] then says `BYE idle` and ends the session.
+pub fn prepare_client_socket(stream: &TcpStream, idle_timeout: Option<u64>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    set_idle_timeout(stream, idle_timeout)
-}
-
-/// Applies `--idle-timeout` to a blocking client socket: a `read()` that waits longer fails with
-/// `EAGAIN`, and [`serve_blocking`] then says `BYE idle` and ends the session. `None` changes
-/// nothing (reads wait forever).
-fn set_idle_timeout(stream: &std::net::TcpStream, seconds: Option<u64>) -> io::Result<()> {
-    match seconds {
-        Some(secs) => stream.set_read_timeout(Some(Duration::from_secs(secs))),
-        None => Ok(()),
-    }
+    stream.set_read_timeout(idle_timeout.map(Duration::from_secs))
 }
 
 /// Sends one line and its `\n` in a single write, so it cannot interleave with another writer's.
@@ -227,14 +279,10 @@ pub fn send_line<W: Write>(writer: &mut W, line: &str) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    struct Counter(u64);
-    impl Shared for Counter {
-        fn incr(&mut self) -> u64 {
-            self.0 += 1;
-            self.0
-        }
-        fn say(&mut self, _from: u64, _text: &str) -> Result<(), String> {
-            Err("nobody else is here".into())
+    fn counter_at(value: u64) -> Counter {
+        Counter {
+            value,
+            alone: "nobody else is here",
         }
     }
 
@@ -252,7 +300,7 @@ mod tests {
 
     #[test]
     fn commands_get_their_replies() {
-        let mut c = Counter(0);
+        let mut c = counter_at(0);
         assert_eq!(answer(b"ECHO hi", &mut c), ("OK hi".into(), Next::Continue));
         assert_eq!(answer(b"INCR", &mut c).0, "OK 1");
         assert_eq!(answer(b"incr\r", &mut c).0, "OK 2");
@@ -275,14 +323,14 @@ mod tests {
             allow_panic: true,
             ..client()
         };
-        respond(Frame::Line(b"PANIC".to_vec()), &allowed, &mut Counter(0));
+        respond(Frame::Line(b"PANIC".to_vec()), &allowed, &mut counter_at(0));
     }
 
     #[test]
     fn a_blocking_session_from_hello_to_quit() {
         let input = b"ECHO a\nINCR\nBOGUS\nQUIT\nECHO never\n";
         let mut output = Vec::new();
-        let ending = serve_blocking(&input[..], &mut output, &client(), &mut Counter(41));
+        let ending = serve_blocking(&input[..], &mut output, &client(), counter_at(41));
         assert_eq!(ending, Ending::Quit);
         let text = String::from_utf8(output).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -302,7 +350,7 @@ mod tests {
     #[test]
     fn a_session_that_ends_mid_line() {
         let mut output = Vec::new();
-        let ending = serve_blocking(&b"ECHO a\nECH"[..], &mut output, &client(), &mut Counter(0));
+        let ending = serve_blocking(&b"ECHO a\nECH"[..], &mut output, &client(), counter_at(0));
         assert_eq!(ending, Ending::ClientClosed { partial: true });
     }
 }

@@ -73,11 +73,6 @@ pub fn requested() -> bool {
     SHUTDOWN.load(Ordering::SeqCst)
 }
 
-/// Asks for shutdown as if a signal had arrived (used by tests and by a server that must stop).
-pub fn request() {
-    on_stop_signal(0);
-}
-
 /// Registers `socket` so the stop signal shuts down its read side, waking whoever is blocked in
 /// `accept()` or `read()` on it. Keep the returned guard alive no longer than the socket: drop it
 /// first (declare it after the socket, or drop it explicitly).

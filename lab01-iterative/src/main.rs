@@ -8,12 +8,17 @@
 //!
 //! One client at a time also means one counter, in one process, that every client sees in turn:
 //! `INCR` counts across clients. `SAY` reaches nobody, since nobody else is being served.
+//!
+//! Read on: `main`, `listen` (the accept queue), `serve_clients_in_turn` (accept, serve, close);
+//! then `demo.rs` (`--demo`).
 
-use std::net::TcpStream;
+mod demo;
+
+use std::net::TcpListener;
 
 use clap::Parser;
 use common::cli::ServerArgs;
-use common::session::{self, Client, Shared};
+use common::session::{self, Client, Counter};
 use common::{narrate, signals, Model};
 
 /// The iterative server of lab01: one client at a time (단일 접속 서버).
@@ -27,43 +32,38 @@ struct Args {
 /// A small backlog, so that `ss -ltn` shows the queue filling up after a few clients.
 const DEFAULT_BACKLOG: i32 = 5;
 
-/// What the clients share: one counter in this one process, seen by each client in turn.
-struct Counter {
-    value: u64,
-}
-
-impl Shared for Counter {
-    fn incr(&mut self) -> u64 {
-        self.value += 1;
-        self.value
-    }
-
-    fn say(&mut self, _from: u64, _text: &str) -> Result<(), String> {
-        Err("nobody else is being served: an iterative server has one client at a time".into())
-    }
-}
-
 fn main() {
     let args: Args = common::cli::parse(Model::Iterative, DEFAULT_BACKLOG);
-    if let Some(clients) = args.server.demo {
-        common::demo::run(
-            Model::Iterative,
-            clients,
-            "The clients connect 100 ms apart; each waits in the accept queue until the one before it sends QUIT.",
-            |_| vec!["WHO".into(), "INCR".into(), "SLEEP 500".into(), "QUIT".into()],
-        );
-    }
-    common::narrate::init(Model::Iterative, args.server.quiet);
+    demo::run_if_asked(&args.server);
+    common::narration::init(Model::Iterative, args.server.quiet);
     if let Err(e) = signals::install() {
         common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
 
-    // socket() + bind() + listen(backlog): from here on, the kernel queues clients for us.
-    let listener = common::listener::listen(&args.server);
-    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
+    let listener = listen(&args.server);
+    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept().
     let listener_watch = signals::wake_on_shutdown(&listener);
+    serve_clients_in_turn(&listener, &args.server);
+    drop(listener_watch);
+    narrate!("shutting down: no client is being served, nothing else to clean up");
+}
 
-    let mut counter = Counter { value: 0 };
+/// socket() + bind() + listen(backlog): from here on, the kernel queues clients for us.
+fn listen(args: &ServerArgs) -> TcpListener {
+    // Task 1: listen with --backlog as the length of the accept queue.
+    // The backlog is how many connections the kernel completes and keeps for us while we are
+    // busy with one client: `ss -ltn` shows it as the Send-Q of the listening socket.
+    common::listener::listen(args.address(), args.backlog)
+    // End of task 1.
+}
+
+/// Accepts a client, serves it until it leaves, closes its connection, and only then accepts
+/// the next; until a stop signal. Nobody else is served in the meantime: that is the model.
+fn serve_clients_in_turn(listener: &TcpListener, args: &ServerArgs) {
+    // Task 2: accept a client, serve it, close it; then the next.
+    // What the clients share: one counter in this one process, seen by each client in turn.
+    let mut counter =
+        Counter::new("nobody else is being served: an iterative server has one client at a time");
     let mut next_id = 1;
     loop {
         // Block until a client is in the accept queue, and take the oldest one.
@@ -80,29 +80,17 @@ fn main() {
         let client = Client {
             model: Model::Iterative,
             id: next_id,
-            allow_panic: args.server.allow_panic,
+            allow_panic: args.allow_panic,
         };
         next_id += 1;
         narrate!(
             "accepted client {} from {peer}; everyone else waits in the accept queue",
             client.id
         );
-        // TCP_NODELAY (replies leave at once) and --idle-timeout: see common/src/session.rs.
-        if let Err(e) = session::prepare_client_socket(&stream, args.server.idle_timeout) {
-            narrate!("cannot set the socket options of client {}: {e}", client.id);
-        }
-        serve(stream, &client, &mut counter);
+        let ending = session::serve_client(&stream, &client, args.idle_timeout, &mut counter);
+        narrate!("client {} {ending}; back to accept()", client.id);
+        // close(): the connection ends, and the client sees it end.
+        drop(stream);
     }
-
-    drop(listener_watch);
-    narrate!("shutting down: no client is being served, nothing else to clean up");
-}
-
-/// Serves one client until it leaves. Nobody else is served in the meantime: that is the model.
-fn serve(stream: TcpStream, client: &Client, counter: &mut Counter) {
-    // A stop signal must also wake us if we are blocked reading from this client.
-    let _watch = signals::wake_on_shutdown(&stream);
-    let ending = session::serve_blocking(&stream, &mut &stream, client, counter);
-    narrate!("client {} {ending}; back to accept()", client.id);
-    // `stream` is dropped here (after `_watch`): close() ends the connection.
+    // End of task 2.
 }

@@ -122,7 +122,7 @@ fn main() {
             },
         );
     }
-    common::narrate::init(Model::Thread, args.server.quiet);
+    common::narration::init(Model::Thread, args.server.quiet);
     // The handler is process-wide: the kernel delivers SIGINT/SIGTERM to whichever thread it
     // likes. That is fine, because the handler only sets a flag and shuts the listener down.
     if let Err(e) = signals::install() {
@@ -142,7 +142,7 @@ fn main() {
         .map(|size| start_pool(size as usize, max_clients, &server));
 
     // socket() + bind() + listen(backlog).
-    let listener = common::listener::listen(&args.server);
+    let listener = common::listener::listen(args.server.address(), args.server.backlog);
     // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below. We
     // watch only the listener: the client sockets are in the room, and `wake_all` wakes them.
     let listener_watch = signals::wake_on_shutdown(&listener);
@@ -294,7 +294,7 @@ fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
         id,
         allow_panic: server.allow_panic,
     };
-    let ending = session::serve_blocking(&*socket, &mut replies, &client, &mut &*server);
+    let ending = session::serve_blocking(&*socket, &mut replies, &client, server);
     // Leave the room, then let the writer thread, if one was started, write what is still
     // queued and end (see `outbox::close`). The socket closes with the last of its descriptors.
     drop(seat);

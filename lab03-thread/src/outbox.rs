@@ -42,17 +42,13 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use common::narrate;
+use common::session::WRITE_TIMEOUT;
 
 /// How many `MSG` lines may wait in one client's outbox. With lines of at most ~4 KiB, that is
 /// at most about 130 KiB per client, on top of the kernel's socket buffers.
 pub const OUTBOX_LINES: usize = 32;
-
-/// A `write()` to a client that makes no progress for this long fails (`SO_SNDTIMEO`), and the
-/// client is disconnected: it has stopped reading.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One whole line, with its `\n`.
 pub type Line = Vec<u8>;

@@ -80,7 +80,7 @@ fn main() {
     if let Some(clients) = args.server.demo {
         demo::run(clients);
     }
-    common::narrate::init(Model::Multiplex, args.server.quiet);
+    common::narration::init(Model::Multiplex, args.server.quiet);
     if let Err(e) = signals::install() {
         common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
@@ -91,7 +91,11 @@ fn main() {
     let readiness = readiness::open(args.api, args.edge).unwrap_or_else(|e| {
         common::exit_with_error(&format!("cannot create the readiness API: {e}"))
     });
-    let acceptor = Acceptor::new(common::listener::listen(&args.server)).unwrap_or_else(|e| {
+    let acceptor = Acceptor::new(common::listener::listen(
+        args.server.address(),
+        args.server.backlog,
+    ))
+    .unwrap_or_else(|e| {
         common::exit_with_error(&format!("cannot make the listener non-blocking: {e}"))
     });
     let mut event_loop = EventLoop {

@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::framing::LineFramer;
-use common::session::{self, Client, Ending, Next, Shared};
+use common::session::{self, Client, Ending, Next, Shared, WRITE_TIMEOUT};
 use common::{narrate, protocol, signals};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -33,8 +33,6 @@ use crate::names;
 use crate::shm::{Board, Listener};
 use crate::sysv::{self, MsgQueue};
 
-/// A client that does not take its bytes for this long is given up on (it does not read).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many queued messages are passed on per wake-up, so a busy chat cannot keep the
 /// child from reading its own client's requests.
 const DELIVER_PER_WAKE: usize = 16;

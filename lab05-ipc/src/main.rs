@@ -19,12 +19,12 @@
 //! them when it stops (and a child's queue when it reaps that child), and leftovers of a server
 //! killed with SIGKILL are removed at the next start (`names.rs`).
 //!
-//! The parent is lab02's, built on the same `common::fork` (the SIGCHLD reaper, the table of live
-//! children, the `--max-children` wait, stopping them all): accept, fork, remember the child, reap
-//! it when it ends; on SIGINT/SIGTERM pass SIGTERM on to the children (each says `BYE` to its
-//! client), reap them all, remove the IPC objects, exit 0. What lab05 adds to the parent is only
-//! the IPC housekeeping: create the shared memory before the first fork, remove what a crashed
-//! child left behind when it is reaped, remove everything at the end.
+//! The parent is lab02's, built on the same `common::fork` (race-free waits for SIGCHLD, the
+//! table of live children, the `--max-children` wait, stopping them all): accept, fork, remember
+//! the child, reap it when it ends; on SIGINT/SIGTERM pass SIGTERM on to the children (each says
+//! `BYE` to its client), reap them all, remove the IPC objects, exit 0. What lab05 adds to the
+//! parent is only the IPC housekeeping: create the shared memory before the first fork, remove
+//! what a crashed child left behind when it is reaped, remove everything at the end.
 //!
 //! `--ipc sysv` does the same with **System V** IPC, the kind `ipcs` lists: the board in a
 //! System V shared-memory segment, and the chat through *one* System V message queue whose
@@ -43,10 +43,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::cli::ServerArgs;
-use common::fork::{self, Children, Ended};
+use common::fork::{self, Children, ParentSignals, STOP_GRACE};
 use common::session::Client;
 use common::{narrate, signals, Model};
-use nix::unistd::{fork, getppid, ForkResult};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::{fork, getppid, ForkResult, Pid};
 
 use crate::shm::{Board, SharedMemory};
 use crate::sysv::{MsgQueue, Segment};
@@ -100,10 +101,6 @@ impl Memory {
 
 /// The listen backlog: clients beyond `--max-children` wait here.
 const DEFAULT_BACKLOG: i32 = 128;
-/// How long the children get to say `BYE` and exit after SIGTERM, before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
-/// The exit status of a child whose session panicked (Rust's own status for a panic in main).
-const PANIC_EXIT_STATUS: i32 = 101;
 
 /// What the parent remembers about a child: the client it serves.
 struct Served(u64);
@@ -138,13 +135,11 @@ fn main() {
             },
         );
     }
-    common::narrate::init(Model::Ipc, args.server.quiet);
-    if let Err(e) = signals::install() {
-        common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
-    }
-    if let Err(e) = fork::install_reaper() {
-        common::exit_with_error(&format!("cannot install the SIGCHLD handler: {e}"));
-    }
+    common::narration::init(Model::Ipc, args.server.quiet);
+    let parent_signals = match ParentSignals::install() {
+        Ok(installed) => installed,
+        Err(e) => common::exit_with_error(&format!("cannot install the signal handlers: {e}")),
+    };
     let server = std::process::id();
 
     // Leftovers of servers that were killed (SIGKILL) before they could clean up, of either kind.
@@ -153,7 +148,7 @@ fn main() {
 
     // socket() + bind() + listen(backlog), first: if the port is taken we exit at once, before
     // creating anything that would then be left behind.
-    let listener = common::listener::listen(&args.server);
+    let listener = common::listener::listen(args.server.address(), args.server.backlog);
 
     // The shared memory: created and mapped once, here, before any fork(), so that every child
     // inherits the mapping and they all see the same pages. (Clients that connect meanwhile wait
@@ -181,7 +176,14 @@ fn main() {
         }
     };
 
-    serve_forever(listener, memory.board(), server, queue, &args);
+    serve_forever(
+        listener,
+        memory.board(),
+        server,
+        queue,
+        &args,
+        &parent_signals,
+    );
 
     // Stopped: no child is left. Remove what crashed children left, then the shared memory.
     clean_up_after_crashed_children(memory.board(), server, queue);
@@ -266,35 +268,23 @@ fn serve_forever(
     server: u32,
     queue: Option<MsgQueue>,
     args: &Args,
+    parent_signals: &ParentSignals,
 ) {
     // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
     let listener_watch = signals::wake_on_shutdown(&listener);
     let max = args.max_children as usize;
     let mut children: Children<Served> = Children::new();
     let mut next_id = 1;
-    loop {
-        // Narrate the children that ended (the SIGCHLD handler already reaped them) and remove
-        // what the crashed ones left in the shared memory and the queues.
-        after_reaping(children.reap(), board, server, queue);
-        if children.len() >= max && !signals::requested() {
-            narrate!(
-                "{} children: the --max-children cap; not accepting until one ends (new clients wait in the accept queue)",
-                children.len()
-            );
-            after_reaping(children.wait_until_fewer_than(max), board, server, queue);
-        }
-        if signals::requested() {
-            break;
-        }
-        let (stream, peer) = match fork::accept(&listener) {
-            Ok(accepted) => accepted,
-            Err(_) if signals::requested() => break,
-            // EINTR: a child ended while we were blocked (SIGCHLD); loop to narrate it.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                narrate!("accept() failed: {e}");
-                continue;
-            }
+    while !signals::requested() {
+        // Reap the children that ended (lab02 explains the loop) and remove what the crashed
+        // ones left in the shared memory and the queues.
+        reap(&mut children, board, server, queue);
+        children.wait_below(max, parent_signals, |children| {
+            reap(children, board, server, queue)
+        });
+        // A client, or a signal (a child ended, or a stop): see common::fork.
+        let Some((stream, peer)) = parent_signals.accept(&listener) else {
+            continue;
         };
         let client = Client {
             model: Model::Ipc,
@@ -316,15 +306,18 @@ fn serve_forever(
                     children.len()
                 );
             }
-            Ok(ForkResult::Child) => child_main(
-                listener,
-                (stream, peer),
-                &client,
-                board,
-                server,
-                queue,
-                args,
-            ),
+            Ok(ForkResult::Child) => {
+                parent_signals.in_child();
+                child_main(
+                    listener,
+                    (stream, peer),
+                    &client,
+                    board,
+                    server,
+                    queue,
+                    args,
+                )
+            }
             Err(e) => narrate!(
                 "fork() failed for client {}: {e}; closing its connection",
                 client.id
@@ -346,9 +339,6 @@ fn child_main(
     queue: Option<MsgQueue>,
     args: &Args,
 ) -> ! {
-    // fork() copied the parent's signal setup and its watched sockets: drop the parent's business.
-    fork::in_child();
-    signals::forget_watched();
     // fork() copied every descriptor. We need the client's socket, not the listening socket:
     // close our copy. (The parent holds no other descriptor: it closed each client's socket
     // after forking, it closed the shared memory's descriptor after mmap, and it never opens a
@@ -360,31 +350,19 @@ fn child_main(
         client.id
     );
     let idle = args.server.idle_timeout.map(Duration::from_secs);
-    // A PANIC unwinds to here and becomes exit status 101; it never unwinds into the parent's code.
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let status = fork::run_session(client.id, "this child exits", || {
         child::serve(stream, client, board, server, queue, idle)
-    }));
-    let status = match served {
-        Ok(ending) => {
-            narrate!("client {} {ending}; this child exits", client.id);
-            0
-        }
-        Err(_) => {
-            narrate!(
-                "the session of client {} panicked: this child exits with status {PANIC_EXIT_STATUS}; the counter and the chat go on",
-                client.id
-            );
-            PANIC_EXIT_STATUS
-        }
-    };
+    });
     std::process::exit(status)
 }
 
-/// After children were reaped: a child that ended normally removed its queue and left the board
-/// itself; one that crashed (PANIC, kill -9) could not, so the parent does it for it.
-fn after_reaping(ended: Vec<Ended<Served>>, board: &Board, server: u32, queue: Option<MsgQueue>) {
-    for child in ended {
-        remove_leftovers_of(child.pid.as_raw(), board, server, queue);
+/// Reaps the children that ended: a child that ended normally removed its queue and left the
+/// board itself; one that crashed (PANIC, kill -9) could not, so the parent does it for it.
+fn reap(children: &mut Children<Served>, board: &Board, server: u32, queue: Option<MsgQueue>) {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        let Some(pid) = status.pid() else { break }; // StillAlive: none has ended
+        children.ended(status);
+        remove_leftovers_of(pid.as_raw(), board, server, queue);
     }
 }
 

@@ -32,11 +32,6 @@ pub fn init(model: Model, quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
 
-/// True if `--quiet` was given.
-pub fn is_quiet() -> bool {
-    QUIET.load(Ordering::Relaxed)
-}
-
 /// The id of the calling process.
 pub fn pid() -> u32 {
     std::process::id()
@@ -50,7 +45,7 @@ pub fn tid() -> u32 {
 
 /// Writes one narration line to stderr. Use the [`narrate!`](crate::narrate!) macro.
 pub fn emit(args: fmt::Arguments<'_>) {
-    if is_quiet() {
+    if QUIET.load(Ordering::Relaxed) {
         return;
     }
     write_line(args);
@@ -82,6 +77,6 @@ fn write_line(args: fmt::Arguments<'_>) {
 #[macro_export]
 macro_rules! narrate {
     ($($arg:tt)*) => {
-        $crate::narrate::emit(format_args!($($arg)*))
+        $crate::narration::emit(format_args!($($arg)*))
     };
 }

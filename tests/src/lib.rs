@@ -49,6 +49,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
+pub mod ipc;
+pub mod observe;
 pub mod procfs;
 
 /// How long any single read from a server may take before the test fails.

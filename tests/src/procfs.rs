@@ -115,6 +115,51 @@ pub fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// The state of thread `tid` of process `pid` (R, S, D, Z ...), from
+/// `/proc/<pid>/task/<tid>/stat`; `None` if it is gone.
+pub fn task_state(pid: i32, tid: i32) -> Option<char> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Where thread `tid` of process `pid` waits in the kernel (`/proc/<pid>/task/<tid>/wchan`, such
+/// as `hrtimer_nanosleep` or `do_sys_poll`); empty if it runs, or if the kernel does not say.
+pub fn task_wchan(pid: i32, tid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default()
+}
+
+/// The state of the TCP connection from `local` to `remote` as the kernel holds it, from
+/// `/proc/net/tcp` (IPv4): 1 ESTABLISHED, 4 FIN_WAIT1, 7 CLOSE, 8 CLOSE_WAIT ... (see
+/// `include/net/tcp_states.h`); `None` if the kernel holds no such connection any more.
+pub fn tcp_state(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u8> {
+    let hex = |addr: std::net::SocketAddr| -> Option<String> {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            return None;
+        };
+        // The address is the kernel's u32 in host order (little-endian here), printed in hex.
+        Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        ))
+    };
+    let (local, remote) = (hex(local)?, hex(remote)?);
+    fs::read_to_string("/proc/net/tcp")
+        .ok()?
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+                .then(|| u8::from_str_radix(fields.get(3)?, 16).ok())
+                .flatten()
+        })
+}
+
 /// Resident memory of the process in KiB (VmRSS in `/proc/<pid>/status`).
 pub fn rss_kib(pid: i32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -164,5 +209,23 @@ mod tests {
         assert!(sockets_of(me).iter().all(|s| s.starts_with("socket:")));
         assert!(rss_kib(me).unwrap() > 0);
         assert!(children_of(s.ppid).contains(&me));
+        assert!(task_state(me, me).is_some());
+    }
+
+    #[test]
+    fn sees_a_tcp_connection_and_its_state() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let (ours, theirs) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert_eq!(tcp_state(ours, theirs), Some(1), "ESTABLISHED");
+        assert_eq!(tcp_state(theirs, ours), Some(1), "ESTABLISHED");
+        drop(server_side);
+        assert!(
+            crate::wait_until(std::time::Duration::from_secs(5), || {
+                tcp_state(ours, theirs) == Some(8)
+            }),
+            "CLOSE_WAIT once the peer closed"
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! 2. does its thing and checks the contract's replies;
 //! 3. checks that a fresh client is still served (after the case's own clients have closed: the
 //!    iterative server serves one at a time);
-//! 4. waits (bounded) for the descriptors, threads and children to be back at the baseline.
+//! 4. waits (bounded) for the descriptors, threads and children to be back at the baseline;
+//! 5. stops the server with SIGTERM: exit status 0, nothing on stdout but `listening on`.
 //!
 //! `soak` (ignored by default, 10,000 connections per server) is run with
 //! `cargo test -p tests --test hardening -- --ignored --test-threads 1`. The bench runs the same
@@ -29,7 +30,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tests::{procfs, wait_until, Client, Server};
+use tests::ipc::{startup_lock, QueueBudget};
+use tests::{observe, procfs, wait_until, Client, Server};
 
 /// One server configuration of the matrix.
 struct Config {
@@ -42,6 +44,46 @@ struct Config {
 
 /// How long the server may take to be back at its baseline after a case.
 const SETTLE: Duration = Duration::from_secs(10);
+
+/// A server started for a case, with what lab05's servers need while they run: a share of the
+/// user's POSIX message-queue budget (each child makes a queue; at most 16 children here, see
+/// the matrix) held until the server is gone. Fields drop in order: the server first.
+struct Started {
+    server: Server,
+    _budget: Option<QueueBudget>,
+}
+
+impl std::ops::Deref for Started {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for Started {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+/// Starts `binary` with `args`. An `ipc-server` start takes the lab05 startup lock (a starting
+/// server removes dead servers' IPC objects, which lab05's tests of that cleanup watch: see
+/// [`startup_lock`]) and, with POSIX IPC, a share of the queue budget.
+fn start(binary: &str, args: &[&str]) -> Started {
+    if binary != "ipc-server" {
+        return Started {
+            server: Server::start(binary, args),
+            _budget: None,
+        };
+    }
+    let sysv = args.windows(2).any(|w| w == ["--ipc", "sysv"]);
+    let budget = (!sysv).then(|| QueueBudget::take(16));
+    let _lock = startup_lock(false);
+    Started {
+        server: Server::start(binary, args),
+        _budget: budget,
+    }
+}
 
 /// What a server holds, summed over the server process and its children.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,8 +122,9 @@ fn settled_usage(server: &Server) -> Usage {
     last
 }
 
-/// Greets a client, has it ECHO and QUIT, and checks the server closes the connection.
-fn serve_one(server: &Server, text: &str) {
+/// Greets a client, has it ECHO and QUIT, and checks the server closes the connection. Returns
+/// who served it (its `HELLO`).
+fn serve_one(server: &Server, text: &str) -> tests::Served {
     let mut client = server.greeted();
     assert_eq!(
         client.request(&format!("ECHO {text}")),
@@ -89,6 +132,28 @@ fn serve_one(server: &Server, text: &str) {
     );
     assert_eq!(client.request("QUIT"), "OK bye");
     assert!(client.closes(), "the server closes after QUIT");
+    client.hello.expect("greeted")
+}
+
+/// Waits until the thread or child process that served a client that has left is gone (unless
+/// it belongs to a pool, `--prefork` or `--pool`, which keeps it for the next client, or it is
+/// the server's main thread). Panics if it stays: one per client that never ends is a leak.
+fn serving_task_ends(server: &Server, args: &[&str], served: &tests::Served) {
+    let pooled = args.iter().any(|a| *a == "--prefork" || *a == "--pool");
+    if pooled || served.tid == server.pid() {
+        return;
+    }
+    let ended = if served.pid == server.pid() {
+        wait_until(SETTLE, || {
+            !procfs::threads(server.pid()).contains(&served.tid)
+        })
+    } else {
+        wait_until(SETTLE, || !server.children().contains(&served.pid))
+    };
+    assert!(
+        ended,
+        "what served a client that left ({served:?}) is still there"
+    );
 }
 
 /// Waits until the server holds what it held at `baseline`, or fails saying what differs.
@@ -111,18 +176,30 @@ fn tail(text: &str) -> String {
 }
 
 /// Starts `config` (plus `extra` flags), takes the baseline, runs `case`, then checks that a
-/// fresh client is served and that everything is back at the baseline.
+/// fresh client is served, that everything is back at the baseline, and that SIGTERM stops the
+/// server with status 0 and nothing extra on stdout.
 fn check(config: &Config, extra: &[&str], case: impl FnOnce(&Server)) {
     let args: Vec<&str> = config.args.iter().chain(extra).copied().collect();
-    let server = Server::start(config.binary, &args);
+    let mut server = start(config.binary, &args);
     // The baseline: after startup (prefork children, pool threads, the event loop's descriptors
     // are made after `listening on`) and one served client (lazy initialisation), once it holds
     // still.
-    serve_one(&server, "warming up");
+    let warm_up = serve_one(&server, "warming up");
+    // Not while the warm-up client's thread or child is still ending: it would inflate the
+    // baseline, and every count afterwards would look short of it.
+    serving_task_ends(&server, &args, &warm_up);
     let baseline = settled_usage(&server);
     case(&server);
     serve_one(&server, "fresh client after the case");
     back_to(&server, &baseline, "the case and a fresh client");
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr ends:\n{}",
+        tail(&server.stderr())
+    );
+    observe::assert_stdout_is_only_the_listening_line(&server);
 }
 
 impl std::fmt::Debug for Config {
@@ -279,16 +356,20 @@ fn one_byte_writes(config: &Config) {
 }
 
 /// A client that shuts down its sending side after its requests still gets every reply, then
-/// the server closes.
+/// the server closes; an unfinished last line (no `\n`) is discarded without a reply.
 fn half_close(config: &Config) {
     check(config, &[], |server| {
         let mut client = server.greeted();
-        client.send_raw(b"INCR\nECHO before half-close\n");
+        client.send_raw(b"INCR\nECHO before half-close\nECHO never finished");
         client.shutdown_write();
         let incr = client.read_reply().unwrap();
         assert!(incr.starts_with("OK "), "{incr:?}");
         assert_eq!(client.read_reply().as_deref(), Ok("OK before half-close"));
-        assert!(client.closes(), "the server closes after the end of stream");
+        assert_eq!(
+            client.read_raw_line(),
+            Err("the server closed the connection".to_string()),
+            "after the two replies the server closes: the unfinished line gets none"
+        );
     });
 }
 
@@ -343,7 +424,7 @@ fn storm_of_silent_connections(config: &Config) {
 fn sigterm_during_an_endless_line(config: &Config) {
     // More than the kernel's socket buffers can hold: once it is sent, the server is reading.
     const READING: usize = 16 << 20;
-    let mut server = Server::start(config.binary, config.args);
+    let mut server = start(config.binary, config.args);
     let mut client = server.greeted();
     let mut writer = client.stream().try_clone().expect("clone");
     let sent = Arc::new(AtomicUsize::new(0));
@@ -437,19 +518,44 @@ fn unknown_verbs(config: &Config) {
     });
 }
 
-/// `--idle-timeout 1`: a silent client is told `BYE idle` and closed; the server goes on.
+/// `--idle-timeout 1`: a silent client is told `BYE idle` and closed, about a second after it
+/// was greeted (not before, nor seconds later); the server goes on.
 fn idle_timeout(config: &Config) {
     check(config, &["--idle-timeout", "1"], |server| {
         let mut silent = server.greeted();
         let started = Instant::now();
         assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+        let took = started.elapsed();
         assert!(silent.closes());
         assert!(
-            started.elapsed() >= Duration::from_millis(800),
-            "BYE idle after {:?}, with a 1 s idle timeout",
-            started.elapsed()
+            took >= Duration::from_millis(800) && took < Duration::from_millis(3000),
+            "BYE idle after {took:?}, with a 1 s idle timeout"
         );
     });
+}
+
+/// SIGTERM while the only client is in a `SLEEP 10000`: the sleep is cut short, the client is
+/// told `BYE`, and the server exits 0 within 2 seconds (the contract: "the signal does not wait
+/// for it").
+fn sigterm_during_a_sleep(config: &Config) {
+    let mut server = start(config.binary, config.args);
+    let mut sleeper = server.greeted();
+    observe::start_a_long_sleep(&mut sleeper);
+    let asked = Instant::now();
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(12));
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM: the 10 s SLEEP was not cut short"
+    );
+    observe::assert_sleeper_told_bye(&mut sleeper, &format!("{config:?}"));
+    observe::assert_stdout_is_only_the_listening_line(&server);
+    assert!(
+        wait_until(SETTLE, || procfs::live_in_group(server.pid()).is_empty()),
+        "processes of the server are left: {:?}",
+        procfs::live_in_group(server.pid())
+    );
 }
 
 /// Exposure: the default address is 127.0.0.1; `--host 0.0.0.0` is served but warns on stderr,
@@ -457,7 +563,7 @@ fn idle_timeout(config: &Config) {
 fn exposure(config: &Config) {
     let mut args: Vec<&str> = config.args.to_vec();
     args.push("--quiet");
-    let local = Server::start(config.binary, &args);
+    let mut local = start(config.binary, &args);
     assert_eq!(local.addr.ip().to_string(), "127.0.0.1", "the default host");
     serve_one(&local, "quiet and local");
     assert!(
@@ -465,6 +571,8 @@ fn exposure(config: &Config) {
         "a warning for 127.0.0.1: {:?}",
         local.stderr()
     );
+    let status = local.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
     drop(local);
 
     check(config, &["--host", "0.0.0.0", "--quiet"], |server| {
@@ -489,7 +597,7 @@ fn soak(config: &Config) {
     let mut args: Vec<&str> = config.args.to_vec();
     // 200 clients at once: those the server does not serve yet wait in the accept queue.
     args.extend(["--quiet", "--backlog", "512"]);
-    let server = Server::start(config.binary, &args);
+    let server = start(config.binary, &args);
     let rss = |server: &Server| -> u64 {
         std::iter::once(server.pid())
             .chain(server.children())
@@ -586,6 +694,7 @@ macro_rules! matrix {
                     reset_mid_line,
                     storm_of_silent_connections,
                     sigterm_during_an_endless_line,
+                    sigterm_during_a_sleep,
                     sleep_out_of_range,
                     unknown_verbs,
                     idle_timeout,

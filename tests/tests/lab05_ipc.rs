@@ -8,7 +8,6 @@
 //! to start removes them, which is one of the things tested).
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,121 +15,83 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::stat::Mode;
 use nix::unistd::Pid;
-use tests::{binary, procfs, run_demo, wait_until, Client, Demo, Server};
+use tests::ipc::{
+    queue_exists, queues_held_by, queues_of, shm_objects_of, startup_lock, sysv_objects_of,
+    QueueBudget,
+};
+use tests::{binary, observe, procfs, run_binary, run_demo, wait_until, Client, Demo, Server};
 
 const SERVER: &str = "ipc-server";
 
-/// A starting server removes the leftovers of dead servers. The test of that must be the only
-/// one to start a server while it watches, so starts take this lock shared and that test takes it
-/// exclusive. A file lock, so that it also holds across test processes (nextest).
-fn startup_lock(exclusive: bool) -> Flock<File> {
-    let path = std::env::temp_dir().join("netlabs-lab05-startup.lock");
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("open the startup lock file");
-    let how = if exclusive {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockShared
-    };
-    Flock::lock(file, how).unwrap_or_else(|(_, e)| panic!("flock {path:?}: {e}"))
-}
-
 /// A server that is stopped with SIGTERM when the test ends, so that it removes its IPC objects
-/// (the harness's own drop uses SIGKILL, which would leave them for the next start to clean).
-struct Stopping(Server);
+/// (the harness's own drop uses SIGKILL, which would leave them for the next start to clean). It
+/// holds its share of the user's message-queue budget until then (see [`QueueBudget`]).
+struct Stopping {
+    server: Server,
+    _budget: Option<QueueBudget>,
+}
 
 impl Deref for Stopping {
     type Target = Server;
     fn deref(&self) -> &Server {
-        &self.0
+        &self.server
     }
 }
 
 impl DerefMut for Stopping {
     fn deref_mut(&mut self) -> &mut Server {
-        &mut self.0
+        &mut self.server
     }
 }
 
 impl Drop for Stopping {
     fn drop(&mut self) {
-        if self.0.wait_exit(Duration::ZERO).is_none() {
-            let _ = kill(Pid::from_raw(self.0.pid()), Signal::SIGTERM);
-            let _ = self.0.wait_exit(Duration::from_secs(10));
+        if self.server.wait_exit(Duration::ZERO).is_none() {
+            let _ = kill(Pid::from_raw(self.server.pid()), Signal::SIGTERM);
+            let _ = self.server.wait_exit(Duration::from_secs(10));
         }
     }
 }
 
+/// Starts a server for a test that has at most 16 clients connected at once.
 fn start(args: &[&str]) -> Stopping {
+    start_for(16, args)
+}
+
+/// Starts a server for a test that has at most `clients` clients connected at once: with POSIX
+/// IPC, each makes a message queue, so the test first takes that much of the user's queue
+/// budget ([`QueueBudget`]; System V queues do not count against it). The start itself holds
+/// the startup lock shared: see [`startup_lock`].
+fn start_for(clients: usize, args: &[&str]) -> Stopping {
+    let sysv = args.windows(2).any(|w| w == ["--ipc", "sysv"]);
+    let budget = (!sysv).then(|| QueueBudget::take(clients));
     let _lock = startup_lock(false);
-    Stopping(Server::start(SERVER, args))
-}
-
-/// Files in /dev/shm that belong to server `pid` (`netlabs-ipc-<pid>-...`).
-fn shm_objects_of(pid: i32) -> Vec<String> {
-    let prefix = format!("netlabs-ipc-{pid}-");
-    let mut found: Vec<String> = std::fs::read_dir("/dev/shm")
-        .expect("list /dev/shm")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    found.sort();
-    found
-}
-
-/// Queues of server `pid` listed in /dev/mqueue, if the mqueue file system is mounted there.
-fn mounted_queues_of(pid: i32) -> Vec<String> {
-    let prefix = format!("netlabs-ipc-{pid}-");
-    std::fs::read_dir("/dev/mqueue")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|name| name.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The message queues the server's narration says it created, once it has narrated `count` (its
-/// stderr is read by another thread, so the lines may come a moment after the replies).
-fn narrated_queues(server: &Server, count: usize) -> BTreeSet<String> {
-    let read = || -> BTreeSet<String> {
-        server
-            .stderr()
-            .lines()
-            .filter_map(|line| line.split("created message queue ").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .map(str::to_string)
-            .collect()
-    };
-    wait_until(Duration::from_secs(10), || read().len() >= count);
-    read()
-}
-
-/// Whether a message queue of that name exists: `mq_open` without `O_CREAT` fails with ENOENT
-/// if not. (This works whether or not /dev/mqueue is mounted.)
-fn queue_exists(name: &str) -> bool {
-    match mq_open(
-        name,
-        MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
-        Mode::empty(),
-        None,
-    ) {
-        Ok(mqd) => {
-            mq_close(mqd).expect("mq_close");
-            true
-        }
-        Err(Errno::ENOENT) => false,
-        Err(e) => panic!("mq_open({name}) failed with {e}, neither opened nor ENOENT"),
+    Stopping {
+        server: Server::start(SERVER, args),
+        _budget: budget,
     }
+}
+
+/// The queues that the process serving `client` holds, waiting (bounded) until it holds one: a
+/// child makes its queue as it starts serving, and a `WHO` answered shows it is serving.
+fn queues_of_child(server: &Server, client: &mut Client) -> BTreeSet<String> {
+    client.client_id();
+    let child = client.serving_pid();
+    let mut held = BTreeSet::new();
+    wait_until(Duration::from_secs(10), || {
+        held = queues_held_by(child, server.pid());
+        !held.is_empty()
+    });
+    held
+}
+
+/// Whether process `pid` maps a shared-memory object of server `server` (a line of
+/// `/proc/<pid>/maps` for `/dev/shm/netlabs-ipc-<server>-...`).
+fn maps_the_shared_memory_of(pid: i32, server: i32) -> bool {
+    let object = format!("/dev/shm/{}", tests::ipc::name_prefix(server));
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains(&object))
 }
 
 /// Reads `count` MSG lines from `client`.
@@ -182,11 +143,20 @@ fn three_clients_three_children_one_shared_counter() {
     // A new client (a new child) sees the same counter.
     let mut later = server.greeted();
     assert_eq!(later.request("INCR"), "OK 6");
-    // It lives in the server's shared-memory object.
-    assert_eq!(
-        shm_objects_of(server.pid()),
-        [format!("netlabs-ipc-{}-shm", server.pid())]
+    // It lives in a shared-memory object of the server's (in /dev/shm, named with its pid), which
+    // every serving child has mapped.
+    assert!(
+        !shm_objects_of(server.pid()).is_empty(),
+        "no /dev/shm/netlabs-ipc-{}-... object",
+        server.pid()
     );
+    for &pid in &pids {
+        assert!(
+            maps_the_shared_memory_of(pid, server.pid()),
+            "child {pid} maps no /dev/shm/netlabs-ipc-{}-... object",
+            server.pid()
+        );
+    }
     assert_single_threaded([server.pid()].into_iter().chain(pids));
 }
 
@@ -213,15 +183,19 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
     assert_eq!(a.next_message(), Ok(format!("MSG {c_id} and from c")));
     assert_eq!(b.next_message(), Ok(format!("MSG {c_id} and from c")));
     assert!(got_no_message(&mut c));
-    // One queue per child, each named after the server and the child.
-    let queues = narrated_queues(&server, 3);
-    let expected: BTreeSet<String> = [&a, &b, &c]
-        .iter()
-        .map(|cl| format!("/netlabs-ipc-{}-child-{}", server.pid(), cl.serving_pid()))
-        .collect();
-    assert_eq!(queues, expected);
-    for queue in &queues {
-        assert!(queue_exists(queue), "{queue} exists while its child runs");
+    // Each serving child holds a message queue named after the server (its descriptors in
+    // /proc/<pid>/fd), and the kernel knows each by that name.
+    for client in [&mut a, &mut b, &mut c] {
+        let queues = queues_of_child(&server, client);
+        assert!(
+            !queues.is_empty(),
+            "child {} holds no /netlabs-ipc-{}-... queue",
+            client.serving_pid(),
+            server.pid()
+        );
+        for queue in &queues {
+            assert!(queue_exists(queue), "{queue} exists while its child runs");
+        }
     }
 }
 
@@ -282,7 +256,7 @@ fn a_burst_of_100_says_arrives_complete_and_in_order_at_each_other_client() {
 
 #[test]
 fn fifty_clients_connected_at_once_all_receive_a_say() {
-    let server = start(&[]);
+    let server = start_for(50, &[]);
     let mut clients: Vec<Client> = (0..50).map(|_| server.greeted()).collect();
     let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
     assert_eq!(pids.len(), 50, "fifty serving processes");
@@ -300,59 +274,59 @@ fn fifty_clients_connected_at_once_all_receive_a_say() {
         }
         assert_eq!(messages(client, expected.len()), expected, "client {i}");
     }
-    let queues = narrated_queues(&server, 50);
-    let stderr = server.stderr();
-    assert_eq!(queues.len(), 50, "{stderr}");
-    assert!(!stderr.contains("cannot create message queue"), "{stderr}");
+    // Fifty children, each with its queue: within the user's queue budget.
+    for client in &mut clients {
+        assert!(
+            !queues_of_child(&server, client).is_empty(),
+            "child {} holds no queue",
+            client.serving_pid()
+        );
+    }
 }
 
 #[test]
-fn a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
+fn a_say_into_a_full_queue_is_refused_with_err_and_nothing_hangs() {
     let server = start(&[]);
     let mut sender = server.greeted();
     let mut sleeper = server.greeted();
     let mut awake = server.greeted();
     let sender_id = sender.client_id();
-    let sleeper_id = sleeper.client_id();
+    sleeper.client_id();
     awake.client_id();
-    // The sleeper's child blocks in SLEEP and does not empty its queue (2 messages) meanwhile.
-    // Both lines in one write: once ECHO is answered, the child goes straight on to the SLEEP
-    // it has already read, without looking at its queue in between.
-    sleeper.send_raw(b"ECHO ready\nSLEEP 4000\n");
+    // The sleeper's child blocks in SLEEP and does not empty its queue meanwhile. Both lines in
+    // one write: once ECHO is answered, the child goes straight on to the SLEEP it has already
+    // read, without looking at its queue in between.
+    sleeper.send_raw(b"ECHO ready\nSLEEP 6000\n");
     assert_eq!(sleeper.read_reply(), Ok("OK ready".into()));
     let slept = Instant::now();
+    // A queue holds at most 10 messages (/proc/sys/fs/mqueue/msg_max), so it fills in time. The
+    // contract leaves the words of the refusal to the server: an `ERR` line, after a bounded
+    // wait (the read timeout), with the connection still usable.
     let mut said = Vec::new();
     let mut missed = None;
-    for i in 0..8 {
-        let asked = Instant::now();
+    for i in 0..40 {
         let reply = sender.request(&format!("SAY note {i}"));
         said.push(format!("MSG {sender_id} note {i}"));
         if reply == "OK" {
             continue;
         }
-        // Told who missed it, after waiting (500 ms) for room, not forever.
         assert!(
-            reply.starts_with(&format!("ERR client {sleeper_id} missed it"))
-                && reply.ends_with("delivered to 1 other client"),
-            "{reply}"
-        );
-        assert!(
-            asked.elapsed() >= Duration::from_millis(300),
-            "gave up at once"
+            reply.starts_with("ERR "),
+            "a SAY is answered OK or ERR: {reply:?}"
         );
         missed = Some(i);
         break;
     }
-    let missed = missed.expect("a SAY to a sleeping client's full queue was reported missed");
+    let missed = missed.expect("a SAY to a sleeping client's full queue was reported with ERR");
     assert!(
-        slept.elapsed() < Duration::from_millis(3500),
+        slept.elapsed() < Duration::from_millis(5000),
         "the test was too slow to check this while the sleeper slept"
     );
     // The sender's connection is fine, and the awake client got every message.
     assert_eq!(sender.request("ECHO still here"), "OK still here");
     assert_eq!(messages(&mut awake, said.len()), said);
     // The sleeper gets, after its SLEEP, exactly the messages that were not reported missed.
-    assert_eq!(sleeper.read_reply(), Ok("OK slept 4000".into()));
+    assert_eq!(sleeper.read_reply(), Ok("OK slept 6000".into()));
     let delivered: Vec<String> = said[..missed].to_vec();
     assert_eq!(messages(&mut sleeper, delivered.len()), delivered);
     assert!(got_no_message(&mut sleeper), "{:?}", sleeper.messages);
@@ -365,17 +339,33 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
     let mut b = server.greeted();
     let mut doomed = server.greeted();
     let doomed_pid = doomed.serving_pid();
-    let doomed_queue = format!("/netlabs-ipc-{}-child-{doomed_pid}", server.pid());
-    assert!(queue_exists(&doomed_queue));
+    // The queues only the doomed child holds (its own: no other process of the server has them
+    // open).
+    let others: BTreeSet<String> = [&mut a, &mut b]
+        .into_iter()
+        .flat_map(|c| queues_of_child(&server, c))
+        .chain(queues_held_by(server.pid(), server.pid()))
+        .collect();
+    let doomed_queues: BTreeSet<String> = queues_of_child(&server, &mut doomed)
+        .difference(&others)
+        .cloned()
+        .collect();
+    assert!(
+        !doomed_queues.is_empty(),
+        "the doomed child holds a queue of its own"
+    );
     assert_eq!(a.request("INCR"), "OK 1");
     assert_eq!(doomed.request("INCR"), "OK 2");
     doomed.send("PANIC");
     panicked_child_is_gone(&server, &mut doomed, doomed_pid);
     assert!(procfs::zombie_children_of(server.pid()).is_empty());
-    // Its queue could not be removed by the child itself: the parent did it when it reaped it.
+    // Its queue could not be removed by the child itself: the parent removes it when it reaps
+    // it, or it would outlive everyone who could use it.
     assert!(
-        wait_until(Duration::from_secs(5), || !queue_exists(&doomed_queue)),
-        "{}",
+        wait_until(Duration::from_secs(5), || !doomed_queues
+            .iter()
+            .any(|q| queue_exists(q))),
+        "the panicked child's queues {doomed_queues:?} are left; stderr:\n{}",
         server.stderr()
     );
     // The counter goes on where it was, and the chat still works between the survivors.
@@ -392,10 +382,13 @@ fn stops_cleanly_on(signal: Signal) {
     let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
     assert_eq!(clients[0].request("INCR"), "OK 1");
     assert_eq!(clients[0].request("SAY hi"), "OK");
-    let queues = narrated_queues(&server, 3);
-    assert_eq!(queues.len(), 3);
+    let queues: BTreeSet<String> = clients
+        .iter_mut()
+        .flat_map(|c| queues_of_child(&server, c))
+        .collect();
+    assert!(!queues.is_empty(), "the children hold queues");
     assert!(queues.iter().all(|q| queue_exists(q)));
-    assert_eq!(shm_objects_of(server.pid()).len(), 1);
+    assert!(!shm_objects_of(server.pid()).is_empty());
     let pids: Vec<i32> = clients.iter().map(Client::serving_pid).collect();
 
     let status = server.stop_with(signal, Duration::from_secs(15));
@@ -408,7 +401,10 @@ fn stops_cleanly_on(signal: Signal) {
         Vec::<String>::new(),
         "/dev/shm after {signal}"
     );
-    assert_eq!(mounted_queues_of(server.pid()), Vec::<String>::new());
+    assert_eq!(
+        tests::ipc::mounted_queues_of(server.pid()),
+        Vec::<String>::new()
+    );
     for queue in &queues {
         assert!(!queue_exists(queue), "{queue} still exists after {signal}");
     }
@@ -420,11 +416,7 @@ fn stops_cleanly_on(signal: Signal) {
         );
     }
     assert_eq!(procfs::live_in_group(server.pid()), Vec::<i32>::new());
-    assert!(
-        server.narrates("removed shared memory"),
-        "{}",
-        server.stderr()
-    );
+    observe::assert_stdout_is_only_the_listening_line(&server);
 }
 
 #[test]
@@ -439,16 +431,20 @@ fn sigint_removes_every_ipc_object_and_every_child() {
 
 #[test]
 fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
+    let budget = QueueBudget::take(16);
     let lock = startup_lock(true); // no other server starts (and cleans) meanwhile
     let mut killed = Server::start(SERVER, &[]);
     let mut a = killed.greeted();
     let mut b = killed.greeted();
     assert_eq!(a.request("INCR"), "OK 1");
     assert_eq!(b.request("INCR"), "OK 2");
-    let queues = narrated_queues(&killed, 2);
-    assert_eq!(queues.len(), 2);
+    let queues: BTreeSet<String> = [&mut a, &mut b]
+        .into_iter()
+        .flat_map(|c| queues_of_child(&killed, c))
+        .collect();
+    assert!(!queues.is_empty(), "the children hold queues");
     let shm = shm_objects_of(killed.pid());
-    assert_eq!(shm.len(), 1);
+    assert!(!shm.is_empty(), "the server has a shared-memory object");
 
     // SIGKILL cannot be caught: the server and its children die without cleaning up.
     killpg(Pid::from_raw(killed.pid()), Signal::SIGKILL).expect("killpg");
@@ -459,17 +455,19 @@ fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
     assert_eq!(shm_objects_of(killed.pid()), shm, "left in /dev/shm");
     assert!(queues.iter().all(|q| queue_exists(q)), "queues left behind");
 
-    let next = Stopping(Server::start(SERVER, &[]));
+    let next = Stopping {
+        server: Server::start(SERVER, &[]),
+        _budget: Some(budget),
+    };
     drop(lock);
-    assert_eq!(shm_objects_of(killed.pid()), Vec::<String>::new());
+    assert_eq!(
+        shm_objects_of(killed.pid()),
+        Vec::<String>::new(),
+        "{}",
+        next.stderr()
+    );
     for queue in &queues {
         assert!(!queue_exists(queue), "{queue} was not cleaned up");
-    }
-    let removed = format!("removed stale shared memory /{}", shm[0]);
-    assert!(next.narrates(&removed), "{}", next.stderr());
-    for queue in &queues {
-        let removed = format!("removed stale message queue {queue}");
-        assert!(next.narrates(&removed), "{}", next.stderr());
     }
     // The new server has its own, fresh counter.
     let mut c = next.greeted();
@@ -510,8 +508,12 @@ fn two_servers_side_by_side_share_nothing() {
     );
     assert!(got_no_message(&mut b2));
 
-    assert_ne!(shm_objects_of(one.pid()), shm_objects_of(two.pid()));
-    assert!(narrated_queues(&one, 2).is_disjoint(&narrated_queues(&two, 2)));
+    let (shm_one, shm_two) = (shm_objects_of(one.pid()), shm_objects_of(two.pid()));
+    assert!(!shm_one.is_empty() && !shm_two.is_empty());
+    assert!(shm_one.iter().all(|name| !shm_two.contains(name)));
+    let (queues_one, queues_two) = (queues_of(one.pid()), queues_of(two.pid()));
+    assert!(!queues_one.is_empty() && !queues_two.is_empty());
+    assert!(queues_one.is_disjoint(&queues_two));
 }
 
 #[test]
@@ -554,14 +556,26 @@ fn max_children_makes_further_clients_wait_in_the_accept_queue() {
     let mut a = server.greeted();
     let _b = server.greeted();
     let mut c = server.connect();
+    // The third connection waits in the kernel's accept queue (Recv-Q of the listening socket
+    // in `ss -ltn`), not accepted and held somewhere by the server: two children, no third.
     assert!(
-        c.still_waiting(Duration::from_millis(700)),
+        server.accept_queue_reaches(1),
+        "the third client is not waiting in the accept queue: (Recv-Q, Send-Q) = {:?}",
+        procfs::listen_queue(server.port())
+    );
+    assert!(
+        c.still_waiting(Duration::from_millis(300)),
         "a third client was served at --max-children 2"
     );
+    assert_eq!(server.live_children().len(), 2, "two children at most");
     assert_eq!(a.request("QUIT"), "OK bye");
     let hello = c.read_hello();
     assert_eq!(c.request("INCR"), "OK 1");
     assert_ne!(hello.pid, server.pid());
+    assert!(
+        server.accept_queue_reaches(0),
+        "the accept queue is empty again"
+    );
 }
 
 #[test]
@@ -632,6 +646,8 @@ fn an_idle_timeout_ends_a_silent_client_even_while_messages_arrive() {
 fn a_port_in_use_is_a_clear_error_that_leaves_nothing_behind() {
     let first = start(&[]);
     let port = first.port().to_string();
+    // A starting server may clean up after dead ones: it takes the startup lock like any start.
+    let lock = startup_lock(false);
     let mut second = Command::new(binary(SERVER))
         .args(["--port", &port])
         .stdin(std::process::Stdio::null())
@@ -650,45 +666,106 @@ fn a_port_in_use_is_a_clear_error_that_leaves_nothing_behind() {
         let _ = second.wait();
         panic!("the second server did not exit");
     };
+    drop(lock);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    // The contract: one `error: ...` line that says what to do, no panic.
+    assert!(
+        stderr.lines().any(|l| l.starts_with("error: ")),
+        "no `error: ...` line: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(shm_objects_of(pid), Vec::<String>::new(), "{stderr}");
+    assert_eq!(sysv_objects_of(pid), (vec![], vec![]), "{stderr}");
+}
+
+/// How many `INCR`s each of the concurrent clients sends in one write. A counter updated with a
+/// separate load and store (the classic lost update) goes wrong only when two children touch it
+/// within the same few nanoseconds, and each `INCR` costs a `write` of its reply: on a 2-core
+/// machine, a few thousand `INCR`s often pass such a counter. With this many, that counter fails
+/// every run (checked by making the counter racy on purpose).
+const INCRS_PER_CLIENT: usize = 100_000;
+
+#[test]
+fn concurrent_incr_from_four_pipelining_clients_counts_every_request_once() {
+    let server = start(&[]);
+    observe::concurrent_incr_counts_every_request_once(&server, 4, INCRS_PER_CLIENT, 1);
+}
+
+#[test]
+fn sigterm_during_a_sleep_cuts_it_short_and_exits_zero() {
+    let mut server = start(&[]);
+    observe::sigterm_cuts_a_sleep_short(&mut server, "ipc-server");
+    assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
+}
+
+#[test]
+fn a_half_closed_client_gets_one_reply_for_its_one_complete_line() {
+    let server = start(&[]);
+    observe::half_close_discards_the_unfinished_line(&server);
+}
+
+/// `client=<id>` is unique among the live clients, also after some have left (a server that
+/// derives the id from the number of live children hands out an id twice).
+fn client_ids_are_unique_among_live_clients_of(server: &Server) {
+    let mut clients: Vec<Client> = (0..6).map(|_| server.greeted()).collect();
+    observe::assert_unique_client_ids(&mut clients);
+    for mut leaving in [clients.remove(3), clients.remove(0)] {
+        let pid = leaving.serving_pid();
+        assert_eq!(leaving.request("QUIT"), "OK bye");
+        assert!(leaving.closes());
+        assert!(
+            wait_until(Duration::from_secs(10), || !server
+                .children()
+                .contains(&pid)),
+            "the child of a client that left was reaped"
+        );
+    }
+    clients.extend((0..4).map(|_| server.greeted()));
+    observe::assert_unique_client_ids(&mut clients);
+}
+
+#[test]
+fn client_ids_are_unique_among_live_clients() {
+    let server = start(&[]);
+    client_ids_are_unique_among_live_clients_of(&server);
+}
+
+#[test]
+fn help_exits_0_and_bad_usage_exits_2() {
+    let help = tests::help_listing(
+        SERVER,
+        &[
+            "--max-children",
+            "--ipc",
+            "--idle-timeout",
+            "[default: 7005]",
+        ],
+    );
+    assert!(help.contains("posix") && help.contains("sysv"), "{help}");
+    for bad in [
+        &["--bogus"][..],
+        &["--ipc", "carrier-pigeon"],
+        &["--max-children", "0"],
+        &["--max-children", "x"],
+        &["--port", "x"],
+        &["--backlog", "0"],
+        &["--idle-timeout", "0"],
+    ] {
+        let (status, stdout, stderr) = run_binary(SERVER, bad);
+        assert_eq!(status.code(), Some(2), "{bad:?}: {stderr}");
+        assert_eq!(stdout, "", "{bad:?}: nothing on stdout");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // `--ipc sysv`: the same server with System V shared memory and one System V message queue.
-// The objects are found in /proc/sysvipc by their keys, which the server derives from its pid:
-// 0x1<pid in 7 decimal digits> for the segment, 0x2<...> for the queue.
+// The objects are found in /proc/sysvipc by their keys, which the contract derives from the
+// server's pid: 0x1<pid in 7 decimal digits> for the segment, 0x2<...> for the queue.
 // ---------------------------------------------------------------------------------------------
 
 const SYSV: [&str; 2] = ["--ipc", "sysv"];
-
-/// The key of server `pid`'s System V object: `kind` 1 = segment, 2 = queue.
-fn sysv_key(kind: u32, pid: i32) -> i64 {
-    i64::from_str_radix(&format!("{kind}{pid:07}"), 16).expect("a key")
-}
-
-/// The rows (split in columns) of `/proc/sysvipc/<table>` whose key is `key`. Column 1 is the id;
-/// in `shm`, column 4 is the creator's pid (cpid); in `msg`, column 4 is the number of messages.
-fn sysv_rows(table: &str, key: i64) -> Vec<Vec<String>> {
-    std::fs::read_to_string(format!("/proc/sysvipc/{table}"))
-        .expect("read /proc/sysvipc")
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().map(str::to_string).collect())
-        .filter(|fields: &Vec<String>| fields.first().and_then(|k| k.parse().ok()) == Some(key))
-        .collect()
-}
-
-/// Server `pid`'s segment and queue rows.
-fn sysv_objects_of(pid: i32) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
-    (
-        sysv_rows("shm", sysv_key(1, pid)),
-        sysv_rows("msg", sysv_key(2, pid)),
-    )
-}
 
 #[test]
 fn sysv_three_clients_three_children_one_counter_in_a_system_v_segment() {
@@ -707,8 +784,6 @@ fn sysv_three_clients_three_children_one_counter_in_a_system_v_segment() {
     assert_eq!(msg.len(), 1, "{}", server.stderr());
     // And nothing in /dev/shm: this is not POSIX shared memory.
     assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
-    assert!(server.narrates(&format!("shmid {} ", shm[0][1])));
-    assert!(server.narrates(&format!("msqid {} ", msg[0][1])));
     assert_single_threaded([server.pid()].into_iter().chain(pids));
 }
 
@@ -772,14 +847,8 @@ fn sysv_sigterm_removes_the_segment_the_queue_and_every_child() {
     assert_eq!(shm_after, Vec::<Vec<String>>::new(), "{}", server.stderr());
     assert_eq!(msg_after, Vec::<Vec<String>>::new(), "{}", server.stderr());
     // Not even under another key (a removed but still attached segment gets key 0).
-    let ids = |table: &str| -> Vec<String> {
-        sysv_rows(table, 0)
-            .into_iter()
-            .map(|f| f[1].clone())
-            .collect()
-    };
     assert!(
-        !ids("shm").contains(&shm[0][1]),
+        !all_sysv_ids("shm").contains(&shm[0][1]),
         "segment {} is left",
         shm[0][1]
     );
@@ -790,7 +859,7 @@ fn sysv_sigterm_removes_the_segment_the_queue_and_every_child() {
             "child {pid} is left as a zombie"
         );
     }
-    assert!(server.narrates("(IPC_RMID)"), "{}", server.stderr());
+    observe::assert_stdout_is_only_the_listening_line(&server);
 }
 
 #[test]
@@ -809,7 +878,10 @@ fn sysv_the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
     let (shm, msg) = sysv_objects_of(killed.pid());
     assert_eq!((shm.len(), msg.len()), (1, 1), "left behind by SIGKILL");
 
-    let next = Stopping(Server::start(SERVER, &SYSV));
+    let next = Stopping {
+        server: Server::start(SERVER, &SYSV),
+        _budget: None,
+    };
     drop(lock);
     assert_eq!(
         sysv_objects_of(killed.pid()),
@@ -817,15 +889,10 @@ fn sysv_the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
         "{}",
         next.stderr()
     );
-    for (what, id) in [("segment", &shm[0][1]), ("message queue", &msg[0][1])] {
-        let removed = format!("removed stale System V {what} key ");
-        assert!(
-            next.stderr()
-                .lines()
-                .any(|l| l.contains(&removed) && l.contains(&format!(" id {id} "))),
-            "{}",
-            next.stderr()
-        );
+    // Removed, not just given another key: no object has those ids any more.
+    for (table, id) in [("shm", &shm[0][1]), ("msg", &msg[0][1])] {
+        let ids = all_sysv_ids(table);
+        assert!(!ids.contains(id), "{table} id {id} is left: {ids:?}");
     }
     let mut c = next.greeted();
     assert_eq!(c.request("INCR"), "OK 1", "a fresh counter");
@@ -853,14 +920,13 @@ fn sysv_a_panic_leaves_the_counter_and_the_chat_working_and_its_mail_is_drained(
         Ok(format!("MSG {a_id} you will not read this"))
     );
     panicked_child_is_gone(&server, &mut doomed, doomed_pid);
-    let dropped = format!("dropped 1 message(s) for child {doomed_pid}");
+    // Its mail would take room in the shared queue for ever: the server drains it.
+    let queued = || sysv_objects_of(server.pid()).1[0][4].clone();
     assert!(
-        server.narrates_within(&dropped, Duration::from_secs(5)),
-        "{}",
-        server.stderr()
+        wait_until(Duration::from_secs(5), || queued() == "0"),
+        "messages left in the queue: {}",
+        queued()
     );
-    let (_, msg) = sysv_objects_of(server.pid());
-    assert_eq!(msg[0][4], "0", "messages left in the queue: {:?}", msg[0]);
     assert!(procfs::zombie_children_of(server.pid()).is_empty());
     assert_eq!(b.request("INCR"), "OK 3");
     assert_eq!(a.request("SAY still here"), "OK");
@@ -868,15 +934,15 @@ fn sysv_a_panic_leaves_the_counter_and_the_chat_working_and_its_mail_is_drained(
 }
 
 #[test]
-fn sysv_a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
+fn sysv_a_say_into_a_full_queue_is_refused_with_err_and_nothing_hangs() {
     let server = start(&SYSV);
     let mut sender = server.greeted();
     let mut sleeper = server.greeted();
     let sender_id = sender.client_id();
-    let sleeper_id = sleeper.client_id();
+    sleeper.client_id();
     // As in the POSIX test: once ECHO is answered, the sleeper's child is in its SLEEP and does
     // not take its messages out of the (one, shared) queue meanwhile.
-    sleeper.send_raw(b"ECHO ready\nSLEEP 3000\n");
+    sleeper.send_raw(b"ECHO ready\nSLEEP 5000\n");
     assert_eq!(sleeper.read_reply(), Ok("OK ready".into()));
     let slept = Instant::now();
     // 4,117-byte messages: msgmnb (16,384 bytes on a default kernel) holds three of them.
@@ -884,33 +950,64 @@ fn sysv_a_full_queue_makes_the_sender_wait_a_little_then_say_who_missed_it() {
     let mut said = Vec::new();
     let mut missed = None;
     for i in 0..20 {
-        let asked = Instant::now();
         let reply = sender.request(&format!("SAY {i:04} {}", &text[5..]));
         if reply == "OK" {
             said.push(format!("MSG {sender_id} {i:04} {}", &text[5..]));
             continue;
         }
-        assert_eq!(
-            reply,
-            format!("ERR client {sleeper_id} missed it: queue full for 500 ms; delivered to 0 other clients")
-        );
+        // The words are the server's (the contract does not fix them): an `ERR` line.
         assert!(
-            asked.elapsed() >= Duration::from_millis(300),
-            "gave up at once"
+            reply.starts_with("ERR "),
+            "a SAY is answered OK or ERR: {reply:?}"
         );
         missed = Some(i);
         break;
     }
-    let missed = missed.expect("a SAY into a full System V queue was reported missed");
+    let missed = missed.expect("a SAY into a full System V queue was reported with ERR");
     assert!(missed >= 1, "not even one long message fit");
     assert!(
-        slept.elapsed() < Duration::from_millis(2500),
+        slept.elapsed() < Duration::from_millis(4000),
         "the test was too slow to check this while the sleeper slept"
     );
     assert_eq!(sender.request("ECHO still here"), "OK still here");
-    assert_eq!(sleeper.read_reply(), Ok("OK slept 3000".into()));
+    assert_eq!(sleeper.read_reply(), Ok("OK slept 5000".into()));
     assert_eq!(messages(&mut sleeper, said.len()), said);
     assert!(got_no_message(&mut sleeper), "{:?}", sleeper.messages);
+}
+
+#[test]
+fn sysv_concurrent_incr_from_four_pipelining_clients_counts_every_request_once() {
+    let server = start(&SYSV);
+    observe::concurrent_incr_counts_every_request_once(&server, 4, INCRS_PER_CLIENT, 1);
+}
+
+#[test]
+fn sysv_sigterm_during_a_sleep_cuts_it_short_and_exits_zero() {
+    let mut server = start(&SYSV);
+    observe::sigterm_cuts_a_sleep_short(&mut server, "ipc-server --ipc sysv");
+    assert_eq!(sysv_objects_of(server.pid()), (vec![], vec![]));
+}
+
+#[test]
+fn sysv_a_half_closed_client_gets_one_reply_for_its_one_complete_line() {
+    let server = start(&SYSV);
+    observe::half_close_discards_the_unfinished_line(&server);
+}
+
+#[test]
+fn sysv_client_ids_are_unique_among_live_clients() {
+    let server = start(&SYSV);
+    client_ids_are_unique_among_live_clients_of(&server);
+}
+
+/// The ids (column 1) of every object in `/proc/sysvipc/<table>`, whatever its key.
+fn all_sysv_ids(table: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/sysvipc/{table}"))
+        .expect("read /proc/sysvipc")
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .collect()
 }
 
 /// The server and its children stay single-threaded (code after `fork` in a multi-threaded

@@ -9,9 +9,12 @@
 //!
 //! Run them with `cargo test -p tests --test narration`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tests::ipc::{queues_of, shm_objects_of, startup_lock, sysv_objects_of, QueueBudget};
 use tests::{procfs, run_with_timeout, tool, wait_until, Client, Server};
 
 // ---------------------------------------------------------------------------------------------
@@ -135,3 +138,124 @@ fn lab04_the_demo_narrates_the_whole_loop_waiting() {
 
 // ---------------------------------------------------------------------------------------------
 // lab03, lab05
+
+/// Every narration line the tests below wait for comes within this.
+const NARRATION: Duration = Duration::from_secs(10);
+
+fn assert_narrates(server: &Server, text: &str) {
+    assert!(
+        server.narrates_within(text, NARRATION),
+        "the narration never said {text:?}; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn thread_server_narrates_a_panic_a_refusal_and_its_stop() {
+    let mut server =
+        Server::start_narrating("thread-server", &["--allow-panic", "--max-clients", "2"]);
+    let mut doomed = server.greeted();
+    let _other = server.greeted();
+    let mut refused = server.connect();
+    assert_eq!(refused.read_line().as_deref(), Ok("ERR server full"));
+    assert_narrates(&server, "refused client 3");
+    doomed.send("PANIC");
+    assert!(doomed.closes());
+    assert_narrates(&server, "panicked");
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert_narrates(&server, "woke 1 client(s)");
+}
+
+#[test]
+fn thread_pool_narrates_that_every_thread_has_finished() {
+    let mut server = Server::start_narrating("thread-server", &["--pool", "2"]);
+    let mut client = server.greeted();
+    assert_eq!(client.request("ECHO hi"), "OK hi");
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert_narrates(&server, "every thread has finished");
+}
+
+#[test]
+fn thread_server_narrates_cutting_off_a_client_that_never_reads() {
+    let server = Server::start_narrating("thread-server", &[]);
+    let mut sender = server.greeted();
+    let mut sleepy = server.greeted();
+    let sleepy_id = sleepy.client_id(); // and then it never reads again
+    let text = "z".repeat(4000);
+    let cut_off = format!("client {sleepy_id} has");
+    let mut sent = 0;
+    while !server.stderr().contains(&cut_off) {
+        assert!(sent < 20_000, "never narrated {cut_off:?}");
+        assert_eq!(sender.request(&format!("SAY {sent} {text}")), "OK");
+        sent += 1;
+    }
+}
+
+/// An ipc-server started as lab05's tests start it (see tests::ipc).
+fn start_ipc(args: &[&str]) -> (Option<QueueBudget>, Server) {
+    let sysv = args.windows(2).any(|w| w == ["--ipc", "sysv"]);
+    let budget = (!sysv).then(|| QueueBudget::take(16));
+    let _lock = startup_lock(false);
+    (budget, Server::start_narrating("ipc-server", args))
+}
+
+#[test]
+fn ipc_server_narrates_each_queue_and_the_removal_of_the_shared_memory() {
+    let (_budget, mut server) = start_ipc(&[]);
+    let mut clients: Vec<_> = (0..2).map(|_| server.greeted()).collect();
+    for client in &mut clients {
+        client.client_id();
+    }
+    for client in &clients {
+        assert_narrates(
+            &server,
+            &format!(
+                "created message queue /netlabs-ipc-{}-child-{}",
+                server.pid(),
+                client.serving_pid()
+            ),
+        );
+    }
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    assert_narrates(&server, "removed shared memory");
+}
+
+#[test]
+fn ipc_server_narrates_the_stale_objects_it_removes() {
+    let budget = QueueBudget::take(16);
+    let lock = startup_lock(true); // no other server starts (and cleans) meanwhile
+    let mut killed = Server::start_narrating("ipc-server", &[]);
+    let mut a = killed.greeted();
+    a.client_id();
+    let queues: BTreeSet<String> = queues_of(killed.pid());
+    let shm = shm_objects_of(killed.pid());
+    killpg(Pid::from_raw(killed.pid()), Signal::SIGKILL).expect("killpg");
+    assert!(killed.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(wait_until(Duration::from_secs(10), || {
+        procfs::live_in_group(killed.pid()).is_empty()
+    }));
+    let mut next = Server::start_narrating("ipc-server", &[]);
+    drop(lock);
+    for object in &shm {
+        assert_narrates(&next, &format!("removed stale shared memory /{object}"));
+    }
+    for queue in &queues {
+        assert_narrates(&next, &format!("removed stale message queue {queue}"));
+    }
+    let _ = next.stop_with(Signal::SIGTERM, Duration::from_secs(15));
+    drop(budget);
+}
+
+#[test]
+fn ipc_server_with_sysv_narrates_its_ids_and_ipc_rmid() {
+    let (_budget, mut server) = start_ipc(&["--ipc", "sysv"]);
+    let (shm, msg) = sysv_objects_of(server.pid());
+    assert_narrates(&server, &format!("shmid {} ", shm[0][1]));
+    assert_narrates(&server, &format!("msqid {} ", msg[0][1]));
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    assert_narrates(&server, "(IPC_RMID)");
+}

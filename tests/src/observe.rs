@@ -1,0 +1,216 @@
+//! Scenarios that several labs' tests share, written against the contract only: what the server
+//! replies, its exit status, its stdout, and the events the system shows in `/proc` (a thread
+//! asleep, a connection closed), never the server's narration.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::{procfs, wait_until, Client, Server};
+
+/// Waits (at most `timeout`) until thread `tid` of process `pid` is blocked in the kernel: state
+/// `S` (or `D`), at the same place (`wchan`) on two looks 50 ms apart. Returns whether it was.
+///
+/// For "the server is now inside the `SLEEP` it was sent": call it once the reply to a request
+/// sent in the same write as the `SLEEP` has arrived. The serving thread then has the `SLEEP` line
+/// in hand, so the next place it blocks is the sleep itself.
+pub fn wait_until_blocked(pid: i32, tid: i32, timeout: Duration) -> bool {
+    let look = || -> Option<String> {
+        let state = procfs::task_state(pid, tid)?;
+        matches!(state, 'S' | 'D').then(|| procfs::task_wchan(pid, tid))
+    };
+    wait_until(timeout, || {
+        let Some(first) = look() else { return false };
+        thread::sleep(Duration::from_millis(50));
+        look().is_some_and(|second| second == first)
+    })
+}
+
+/// Sends `ECHO` and `SLEEP 10000` in one write and waits until the thread that serves `client`
+/// is asleep in that `SLEEP` (see [`wait_until_blocked`]). If the kernel never shows it blocked,
+/// the test goes on: the `SLEEP` is then at worst about to start, which makes the test weaker,
+/// never wrong.
+pub fn start_a_long_sleep(client: &mut Client) {
+    let served = client.hello.clone().expect("the client was greeted");
+    client.send_raw(b"ECHO going to sleep\nSLEEP 10000\n");
+    assert_eq!(
+        client.read_reply().as_deref(),
+        Ok("OK going to sleep"),
+        "the request before the SLEEP"
+    );
+    if !wait_until_blocked(served.pid, served.tid, Duration::from_secs(5)) {
+        eprintln!(
+            "thread {} of process {} was never seen blocked; signalling anyway",
+            served.tid, served.pid
+        );
+    }
+}
+
+/// What a client that was in a `SLEEP 10000` when the server was told to stop receives: `BYE`,
+/// perhaps after the cut-short `OK slept <ms>` (the contract leaves that reply to the server),
+/// then the end of the connection. Panics otherwise.
+pub fn assert_sleeper_told_bye(sleeper: &mut Client, what: &str) {
+    let mut lines = Vec::new();
+    while let Ok(line) = sleeper.read_line() {
+        lines.push(line);
+        if lines.len() > 2 {
+            break;
+        }
+    }
+    let told_bye = match lines.as_slice() {
+        [bye] => bye == "BYE",
+        [slept, bye] => slept.starts_with("OK slept ") && bye == "BYE",
+        _ => false,
+    };
+    assert!(
+        told_bye,
+        "{what}: the sleeping client should get BYE (after at most an `OK slept <ms>`), then the \
+         end of the connection; it got {lines:?}"
+    );
+}
+
+/// SIGTERM while one client is in a `SLEEP 10000` and another is idle: the server cuts the
+/// sleep short (the contract: "the signal does not wait for it"), tells both `BYE`, and exits 0
+/// within 2 seconds; its stdout held nothing but the `listening on` line.
+pub fn sigterm_cuts_a_sleep_short(server: &mut Server, what: &str) {
+    let mut idle = server.greeted();
+    let mut sleeper = server.greeted();
+    assert_eq!(idle.request("ECHO idle"), "OK idle");
+    start_a_long_sleep(&mut sleeper);
+    let asked = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(12));
+    let took = asked.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!("{what}: the server did not exit within 12 s of SIGTERM during a 10 s SLEEP")
+    });
+    assert_eq!(status.code(), Some(0), "{what}: exit status after SIGTERM");
+    assert!(
+        took < Duration::from_secs(2),
+        "{what}: exited {took:?} after SIGTERM: the 10 s SLEEP was not cut short"
+    );
+    assert_sleeper_told_bye(&mut sleeper, what);
+    assert_eq!(idle.last_line(), "BYE", "{what}: the idle client is told");
+    assert_stdout_is_only_the_listening_line(server);
+}
+
+/// Nothing but the `listening on` line on stdout: call it once the server has exited. (The rest of
+/// stdout is read by a thread of the harness; we give it a moment to see anything that came.)
+pub fn assert_stdout_is_only_the_listening_line(server: &Server) {
+    wait_until(Duration::from_secs(1), || !server.stdout_rest().is_empty());
+    assert_eq!(
+        server.stdout_rest(),
+        "",
+        "stdout carries exactly one line, `listening on IP:PORT` (narration goes to stderr)"
+    );
+}
+
+/// `INCR\nINCR` without the final newline, then the end of the stream (half-close): exactly one
+/// `OK <n>` (the unfinished line is discarded without a reply), then the server closes; the next
+/// client's `INCR` is `n + 1` (the unfinished `INCR` did not count either).
+pub fn half_close_discards_the_unfinished_line(server: &Server) {
+    let mut client = server.greeted();
+    client.send_raw(b"INCR\nINCR");
+    client.shutdown_write();
+    let reply = client.read_line().expect("the reply to the complete INCR");
+    let n: u64 = reply
+        .strip_prefix("OK ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("expected `OK <n>`, got {reply:?}"));
+    assert_eq!(
+        client.read_raw_line(),
+        Err("the server closed the connection".to_string()),
+        "after the one reply, the server closes: the unfinished `INCR` gets no reply"
+    );
+    let mut next = server.greeted();
+    assert_eq!(
+        next.request("INCR"),
+        format!("OK {}", n + 1),
+        "the unfinished INCR did not count"
+    );
+}
+
+/// `clients` clients connected at once each send `per_client` `INCR` lines in one write (all in
+/// flight before any reply is read), from their own threads. Between them they must get every
+/// value from `first` to `first + clients * per_client - 1` exactly once, each client's in
+/// increasing order: no update lost, none counted twice.
+pub fn concurrent_incr_counts_every_request_once(
+    server: &Server,
+    clients: usize,
+    per_client: usize,
+    first: u64,
+) {
+    let connected: Vec<Client> = (0..clients).map(|_| server.greeted()).collect();
+    // Every client sends at the same moment, so that their servers count at the same time.
+    let start = Arc::new(Barrier::new(clients));
+    let workers: Vec<_> = connected
+        .into_iter()
+        .map(|mut client| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                let requests = "INCR\n".repeat(per_client);
+                start.wait();
+                client.send_raw(requests.as_bytes());
+                let values: Vec<u64> = (0..per_client)
+                    .map(|i| {
+                        let reply = client
+                            .read_reply()
+                            .unwrap_or_else(|e| panic!("reply {i} of {per_client}: {e}"));
+                        reply
+                            .strip_prefix("OK ")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or_else(|| panic!("expected `OK <n>`, got {reply:?}"))
+                    })
+                    .collect();
+                assert!(
+                    values.windows(2).all(|w| w[0] < w[1]),
+                    "one client's INCRs answered in increasing order"
+                );
+                values
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("an INCR client failed"))
+        .collect();
+    all.sort_unstable();
+    let total = (clients * per_client) as u64;
+    let expected: Vec<u64> = (first..first + total).collect();
+    if all != expected {
+        let mut seen = std::collections::BTreeMap::new();
+        for v in &all {
+            *seen.entry(*v).or_insert(0) += 1;
+        }
+        let twice: Vec<u64> = seen
+            .iter()
+            .filter(|(_, &n)| n > 1)
+            .map(|(v, _)| *v)
+            .collect();
+        let missing = expected.iter().filter(|v| !seen.contains_key(v)).count();
+        panic!(
+            "{clients} clients x {per_client} INCRs: expected every value from {first} to {} \
+             exactly once; {} values handed out more than once (first few: {:?}), {missing} \
+             missing: the counter loses updates",
+            first + total - 1,
+            twice.len(),
+            &twice[..twice.len().min(5)]
+        );
+    }
+}
+
+/// The `client=<id>` of every client in `clients` (asked with `WHO`): each a positive integer,
+/// none shared by two live clients (the contract). Returns them.
+pub fn assert_unique_client_ids(clients: &mut [Client]) -> Vec<u64> {
+    let ids: Vec<u64> = clients.iter_mut().map(Client::client_id).collect();
+    assert!(ids.iter().all(|&id| id > 0), "ids are positive: {ids:?}");
+    let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "no two live clients share an id: {ids:?}"
+    );
+    ids
+}

@@ -122,8 +122,8 @@ pub fn sysv_objects_of(server_pid: i32) -> (Vec<Vec<String>>, Vec<Vec<String>>) 
 /// `<temp dir>/netlabs-<uid>` (mode 0700). The IPC limits and the stale objects these locks guard
 /// are per user, not per checkout, so two checkouts of the same user must see the same locks,
 /// and another user's files must never be in the way (nobody else can write in a 0700 folder).
-/// If that folder is not ours (someone made it first), the locks go to our target folder
-/// instead, which still serializes the tests of this checkout.
+/// If that folder is not ours (someone made it first), the locks go to this checkout's
+/// [`scratch_dir`](crate::scratch_dir) instead, which still serializes the tests of this checkout.
 pub fn lock_dir() -> PathBuf {
     // The owner of /proc/self is the user this process runs as.
     let uid = fs::metadata("/proc/self").expect("/proc/self exists").uid();
@@ -134,16 +134,7 @@ pub fn lock_dir() -> PathBuf {
     if ours {
         return dir;
     }
-    // The target folder: the test binary runs from <target>/<profile>/deps/.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let fallback = target.join("netlabs-locks");
-    fs::create_dir_all(&fallback).unwrap_or_else(|e| panic!("create {fallback:?}: {e}"));
-    fallback
+    crate::scratch_dir()
 }
 
 fn open_lock_file(name: &str) -> File {

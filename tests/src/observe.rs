@@ -18,7 +18,7 @@ use crate::{procfs, wait_until, Client, Server};
 /// in hand, so the next place it blocks is the sleep itself.
 pub fn wait_until_blocked(pid: i32, tid: i32, timeout: Duration) -> bool {
     let look = || -> Option<String> {
-        let state = procfs::task_state(pid, tid)?;
+        let state = crate::thread_state(pid, tid)?;
         matches!(state, 'S' | 'D').then(|| procfs::task_wchan(pid, tid))
     };
     wait_until(timeout, || {
@@ -96,12 +96,10 @@ pub fn sigterm_cuts_a_sleep_short(server: &mut Server, what: &str) {
     assert_stdout_is_only_the_listening_line(server);
 }
 
-/// Nothing but the `listening on` line on stdout: call it once the server has exited. (The rest of
-/// stdout is read by a thread of the harness; we give it a moment to see anything that came.)
+/// Nothing but the `listening on` line on stdout: call it once the server has exited.
 pub fn assert_stdout_is_only_the_listening_line(server: &Server) {
-    wait_until(Duration::from_secs(1), || !server.stdout_rest().is_empty());
     assert_eq!(
-        server.stdout_rest(),
+        server.stdout_after_listening(),
         "",
         "stdout carries exactly one line, `listening on IP:PORT` (narration goes to stderr)"
     );

@@ -115,17 +115,6 @@ pub fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-/// The state of thread `tid` of process `pid` (R, S, D, Z ...), from
-/// `/proc/<pid>/task/<tid>/stat`; `None` if it is gone.
-pub fn task_state(pid: i32, tid: i32) -> Option<char> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    text[text.rfind(')')? + 1..]
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 /// Where thread `tid` of process `pid` waits in the kernel (`/proc/<pid>/task/<tid>/wchan`, such
 /// as `hrtimer_nanosleep` or `do_sys_poll`); empty if it runs, or if the kernel does not say.
 pub fn task_wchan(pid: i32, tid: i32) -> String {
@@ -209,7 +198,6 @@ mod tests {
         assert!(sockets_of(me).iter().all(|s| s.starts_with("socket:")));
         assert!(rss_kib(me).unwrap() > 0);
         assert!(children_of(s.ppid).contains(&me));
-        assert!(task_state(me, me).is_some());
     }
 
     #[test]

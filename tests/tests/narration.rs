@@ -252,6 +252,8 @@ fn ipc_server_narrates_the_stale_objects_it_removes() {
 #[test]
 fn ipc_server_with_sysv_narrates_its_ids_and_ipc_rmid() {
     let (_budget, mut server) = start_ipc(&["--ipc", "sysv"]);
+    let mut client = server.greeted();
+    client.client_id(); // served: the objects exist
     let (shm, msg) = sysv_objects_of(server.pid());
     assert_narrates(&server, &format!("shmid {} ", shm[0][1]));
     assert_narrates(&server, &format!("msqid {} ", msg[0][1]));

@@ -510,6 +510,7 @@ mod tests {
                     "waiting",
                     "served",
                     "request",
+                    "broadcast",
                     "connected",
                     "greeted",
                     "left",
@@ -561,8 +562,15 @@ mod tests {
             let w: f64 = rect.attribute("width").unwrap().parse().unwrap();
             assert!(x >= 0.0 && x + w <= width + 0.5, "{x} + {w} > {width}");
         }
-        // The label of a long request (SLEEP 500) is written in its bar.
-        assert!(doc.descendants().any(|n| n.text() == Some("SLEEP 500")));
+        // The label of a long request (SLEEP 500) is written in its bar; a 1 ms one's is not
+        // (only its tooltip has it).
+        let labels = |text: &str| {
+            doc.descendants()
+                .filter(|n| n.has_tag_name("text") && n.text() == Some(text))
+                .count()
+        };
+        assert_eq!(labels("SLEEP 500"), 3);
+        assert_eq!(labels("SAY <b> & \"q\""), 0);
     }
 
     #[test]

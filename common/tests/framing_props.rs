@@ -2,7 +2,7 @@
 //!
 //! - framing does not depend on how TCP happened to cut the stream;
 //! - the framer never holds more than one line plus one read, whatever arrives;
-//! - no input makes the framer or the parser panic.
+//! - no input makes the framer or the parser panic, nor any line the framer hands out.
 
 use common::framing::{Frame, LineFramer};
 use common::protocol::{parse_line, MAX_LINE};
@@ -30,6 +30,13 @@ fn frames_with_cuts(data: &[u8], cuts: &[usize]) -> (Vec<Frame>, usize) {
     (frames, most_held)
 }
 
+/// A short random pattern repeated up to thousands of times: long lines of any bytes (invalid
+/// UTF-8, `\r`, NUL) and long runs of short lines, cheaply.
+fn repeated_stream() -> impl Strategy<Value = Vec<u8>> {
+    (proptest::collection::vec(any::<u8>(), 1..24), 1..3000usize)
+        .prop_map(|(pattern, times)| pattern.repeat(times))
+}
+
 /// Bytes that look like a protocol stream: short lines, long lines, `\r`, invalid UTF-8.
 fn stream() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
@@ -47,14 +54,31 @@ proptest! {
 
     #[test]
     fn any_chunking_gives_the_same_frames(data in stream(), cuts in proptest::collection::vec(any::<usize>(), 0..30)) {
-        let (whole, _) = frames_with_cuts(&data, &[]);
+        let (whole, held_whole) = frames_with_cuts(&data, &[]);
         let (chunked, most_held) = frames_with_cuts(&data, &cuts);
         prop_assert_eq!(&whole, &chunked);
+        prop_assert!(held_whole <= MAX_LINE + 1, "held {} bytes after one big read", held_whole);
         prop_assert!(most_held <= MAX_LINE + 1, "held {} bytes", most_held);
         for frame in &whole {
             if let Frame::Line(line) = frame {
                 prop_assert!(line.len() <= MAX_LINE + 1);
                 prop_assert!(!line.contains(&b'\n'));
+                let _ = parse_line(line); // any framed line parses without a panic
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_pattern_frames_the_same_in_any_chunks_and_stays_bounded(data in repeated_stream(), cuts in proptest::collection::vec(any::<usize>(), 0..30)) {
+        let (whole, held_whole) = frames_with_cuts(&data, &[]);
+        let (chunked, held_chunked) = frames_with_cuts(&data, &cuts);
+        prop_assert_eq!(&whole, &chunked);
+        prop_assert!(held_whole <= MAX_LINE + 1, "held {} bytes after one big read", held_whole);
+        prop_assert!(held_chunked <= MAX_LINE + 1, "held {} bytes", held_chunked);
+        for frame in &whole {
+            if let Frame::Line(line) = frame {
+                prop_assert!(line.len() <= MAX_LINE + 1);
+                let _ = parse_line(line); // any framed line parses without a panic
             }
         }
     }

@@ -19,8 +19,8 @@
 //! soak over every server and reports the figures (RSS before, after each tenth and after;
 //! processes, threads, descriptors; connections/s; a verdict):
 //! `cargo run --release -p bench -- --workloads soak` (docs/benchmarks.md, "Soak").
-//! The framer underneath every server also has a fuzz target: `cargo +nightly fuzz run framer`
-//! (see `fuzz/`).
+//! The framer underneath every server has property tests over any bytes cut into any chunks:
+//! `cargo test -p common --test framing_props`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

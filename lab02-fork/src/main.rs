@@ -174,6 +174,8 @@ fn child_serves_one_client(
         client.id
     );
     let status = serve(&stream, client, args, "this child exits");
+    // close(): the connection ends, and the client sees it end.
+    drop(stream);
     // exit() and not `return`: returning would put this copy back into the parent's accept
     // loop. Rust's exit() flushes our stdout buffer, which is empty: the parent flushed its
     // `listening on` line before forking, so nothing is written twice.

@@ -1,56 +1,45 @@
 //! # lab05: forked children that share data through IPC
 //!
-//! lab02's fork server gives each client its own child process. That isolates them (a crash
-//! kills one child only) but also separates them: each child has its *copy* of the counter, and
-//! no child can reach another's client. As the notes say, *자식프로세스간의 데이터 공유는 IPC 기법
-//! (메시지큐, 공유 메모리 등)*: children share data through inter-process communication.
+//! lab02's fork server gives each client its own child process: a crash kills one child only,
+//! but each child has its *copy* of the counter, and no child can reach another's client. As the
+//! notes say, *자식프로세스간의 데이터 공유는 IPC 기법 (메시지큐, 공유 메모리 등)*. This file is
+//! the whole model, in the order it runs:
 //!
-//! This server is lab02's fork server plus two kinds of IPC object:
-//!
-//! - a **POSIX shared-memory object** (`shm.rs`), `/netlabs-ipc-<pid>-shm`, mapped by the parent
-//!   before it forks so every child inherits the mapping. It holds the `INCR` counter (an atomic,
-//!   so children serving clients at the same moment never lose an update) and the board of
-//!   children listening for chat;
-//! - a **POSIX message queue per child** (`chat.rs`), `/netlabs-ipc-<pid>-child-<child pid>`. A
-//!   `SAY` is put in every other child's queue; each child waits in `poll()` on its client socket
-//!   and its queue at once (`child.rs`) and passes `MSG` lines on to its client.
-//!
-//! IPC objects outlive processes, so their names hold the server's pid, the parent removes all of
-//! them when it stops (and a child's queue when it reaps that child), and leftovers of a server
-//! killed with SIGKILL are removed at the next start (`names.rs`).
-//!
-//! The parent is lab02's, built on the same `common::fork` (race-free waits for SIGCHLD, the
-//! table of live children, the `--max-children` wait, stopping them all): accept, fork, remember
-//! the child, reap it when it ends; on SIGINT/SIGTERM pass SIGTERM on to the children (each says
-//! `BYE` to its client), reap them all, remove the IPC objects, exit 0. What lab05 adds to the
-//! parent is only the IPC housekeeping: create the shared memory before the first fork, remove
-//! what a crashed child left behind when it is reaped, remove everything at the end.
-//!
-//! `--ipc sysv` does the same with **System V** IPC, the kind `ipcs` lists: the board in a
-//! System V shared-memory segment, and the chat through *one* System V message queue whose
-//! messages are typed with the recipient child's pid, the recipient woken by `SIGUSR1` since
-//! such a queue cannot be polled (`sysv.rs`).
+//! 1. the parent creates the **shared memory** before any `fork()` (`shm_open` + `ftruncate` +
+//!    `mmap`, or `shmget` + `shmat`), so every child inherits the mapping: the `INCR` counter
+//!    and the board of children in the chat live there ([`board`]);
+//! 2. it accepts and forks a child per client, as in lab02, and reaps them;
+//! 3. each child opens its **mailbox** (its own `mq_open` queue, or its type in the server's one
+//!    `msgget` queue) and waits in `poll()` on its client and its mailbox at once: a request is
+//!    answered, mail is taken out (`mq_receive`/`msgrcv`) and passed on as `MSG` lines;
+//! 4. a `SAY` is put in every other child's mailbox (`mq_send`/`msgsnd`);
+//! 5. IPC objects outlive processes: a child removes its queue, the parent what a crashed child
+//!    left and everything at the end, and a new server what a killed one left ([`leftovers`]).
+//!    [`ipc`] puts each POSIX call ([`posix`]) beside its System V twin ([`sysv`]).
 
-mod chat;
-mod child;
-mod names;
-mod shm;
+mod board;
+mod demo;
+mod ipc;
+mod leftovers;
+mod posix;
 mod sysv;
 
-use std::fmt;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::cli::ServerArgs;
-use common::fork::{self, Children, ParentSignals, STOP_GRACE};
-use common::session::Client;
-use common::{narrate, signals, Model};
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::{fork, getppid, ForkResult, Pid};
+use common::fork::{self, Children};
+use common::framing::LineFramer;
+use common::session::{self, Client, Ending, Next, Shared};
+use common::{narrate, protocol, signals, Model};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::{fork, getppid, ForkResult};
 
-use crate::shm::{Board, SharedMemory};
-use crate::sysv::{MsgQueue, Segment};
+use crate::ipc::{Ipc, Mailbox, Recipient};
 
 /// The fork server of lab05, whose children share a counter (shared memory) and a chat
 /// (message queues).
@@ -61,230 +50,88 @@ struct Args {
     server: ServerArgs,
 
     /// At most N children (clients served) at once; further clients wait in the accept queue.
-    /// Each child makes a message queue of 8,512 bytes and a user may have 819,200 bytes of
-    /// queues (RLIMIT_MSGQUEUE): 96 queues. The default, 64, leaves room for a second server.
+    /// Each child makes a message queue, from a small budget per user (RLIMIT_MSGQUEUE).
     #[arg(long, value_name = "N", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=shm::SLOTS as i64))]
+          value_parser = clap::value_parser!(u32).range(1..=board::SLOTS as i64))]
     max_children: u32,
 
-    /// Which IPC the children share through: posix (shm_open + one mq_open queue per child, in
-    /// /dev/shm) or sysv (shmget + one msgget queue typed by child pid, woken by SIGUSR1; see
-    /// them with `ipcs -m -q`).
-    #[arg(long, value_enum, value_name = "KIND", default_value_t = Ipc::Posix)]
-    ipc: Ipc,
-}
-
-/// The two kinds of IPC (`--ipc`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Ipc {
-    /// POSIX shared memory and message queues.
-    Posix,
-    /// System V shared memory and message queues.
-    Sysv,
-}
-
-/// Where the board lives: a POSIX shared-memory object or a System V segment. Either way it is
-/// the same bytes, mapped before the first fork.
-enum Memory {
-    Posix(SharedMemory),
-    Sysv(Segment),
-}
-
-impl Memory {
-    fn board(&self) -> &Board {
-        match self {
-            Memory::Posix(memory) => memory.board(),
-            Memory::Sysv(segment) => segment.board(),
-        }
-    }
+    /// Which IPC the children share through.
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = ipc::Kind::Posix)]
+    ipc: ipc::Kind,
 }
 
 /// The listen backlog: clients beyond `--max-children` wait here.
 const DEFAULT_BACKLOG: i32 = 128;
-
-/// What the parent remembers about a child: the client it serves.
-struct Served(u64);
-
-impl fmt::Display for Served {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client {}", self.0)
-    }
-}
+/// How long the children get to say `BYE` and exit after SIGTERM, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The exit status of a child whose session panicked (Rust's own status for a panic in main).
+const PANIC_EXIT_STATUS: i32 = 101;
+/// A client that does not take its bytes for this long is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a `SAY` waits in all for room in full queues, before saying who missed it: a
+/// reader may be a moment behind, or asleep for seconds.
+const SEND_WAIT: Duration = Duration::from_millis(500);
 
 fn main() {
     let args: Args = common::cli::parse(Model::Ipc, DEFAULT_BACKLOG);
     if let Some(clients) = args.server.demo {
-        common::demo::run(
-            Model::Ipc,
-            clients,
-            "Each client is served by its own child process (see the pids), yet INCR counts across \
-             them (shared memory) and every SAY reaches the others (message queues).",
-            |i| {
-                vec![
-                    "WHO".into(),
-                    // Wait until every client is greeted (its child is listening on its queue),
-                    // so that they are all there to hear.
-                    common::demo::TOGETHER.into(),
-                    "INCR".into(),
-                    format!("SAY hello from client {i}"),
-                    // The others' messages arrive in this child's queue; wait for them all.
-                    common::demo::messages(clients - 1),
-                    "INCR".into(),
-                    "QUIT".into(),
-                ]
-            },
-        );
+        demo::run(clients);
     }
-    common::narration::init(Model::Ipc, args.server.quiet);
-    let parent_signals = match ParentSignals::install() {
-        Ok(installed) => installed,
-        Err(e) => common::exit_with_error(&format!("cannot install the signal handlers: {e}")),
-    };
-    let server = std::process::id();
-
-    // Leftovers of servers that were killed (SIGKILL) before they could clean up, of either kind.
-    names::remove_stale(server);
-    sysv::remove_stale(server);
-
-    // socket() + bind() + listen(backlog), first: if the port is taken we exit at once, before
-    // creating anything that would then be left behind.
-    let listener = common::listener::listen(args.server.address(), args.server.backlog);
-
-    // The shared memory: created and mapped once, here, before any fork(), so that every child
-    // inherits the mapping and they all see the same pages. (Clients that connect meanwhile wait
-    // in the accept queue.)
-    let shm_name = names::shm_name(server);
-    let (memory, queue) = match args.ipc {
-        Ipc::Posix => {
-            let memory = match SharedMemory::create(&shm_name) {
-                Ok(memory) => memory,
-                Err(e) => {
-                    common::exit_with_error(&format!("cannot create shared memory {shm_name}: {e}"))
-                }
-            };
-            narrate!(
-                "created shared memory {shm_name} ({} bytes: the INCR counter and the board of {} children)",
-                std::mem::size_of::<Board>(),
-                shm::SLOTS
-            );
-            explain_queue_budget(args.max_children);
-            (Memory::Posix(memory), None)
-        }
-        Ipc::Sysv => {
-            let (segment, queue) = create_sysv(server);
-            (Memory::Sysv(segment), Some(queue))
-        }
-    };
-
-    serve_forever(
-        listener,
-        memory.board(),
-        server,
-        queue,
-        &args,
-        &parent_signals,
-    );
-
-    // Stopped: no child is left. Remove what crashed children left, then the shared memory.
-    clean_up_after_crashed_children(memory.board(), server, queue);
-    match memory {
-        Memory::Posix(memory) => {
-            drop(memory); // munmap
-            match shm::remove(&shm_name) {
-                Ok(()) => narrate!("removed shared memory {shm_name}"),
-                Err(e) => narrate!("cannot remove shared memory {shm_name}: {e}"),
-            }
-        }
-        Memory::Sysv(segment) => {
-            let id = segment.id;
-            drop(segment); // shmdt
-            match sysv::remove_segment(id) {
-                Ok(()) => narrate!("removed shared memory: System V segment shmid {id} (IPC_RMID)"),
-                Err(e) => narrate!("cannot remove System V segment shmid {id}: {e}"),
-            }
-        }
+    common::narrate::init(Model::Ipc, args.server.quiet);
+    if let Err(e) = signals::install() {
+        common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
-    if let Some(queue) = queue {
-        match sysv::remove_queue(queue.id) {
-            Ok(()) => narrate!(
-                "removed System V message queue msqid {} (IPC_RMID)",
-                queue.id
-            ),
-            Err(e) => narrate!(
-                "cannot remove System V message queue msqid {}: {e}",
-                queue.id
-            ),
-        }
+    if let Err(e) = fork::install_reaper() {
+        common::exit_with_error(&format!("cannot install the SIGCHLD handler: {e}"));
     }
+    let server_pid = std::process::id();
+    // What killed servers left behind, of either kind (SIGKILL cannot be caught).
+    leftovers::remove_stale_posix(server_pid);
+    leftovers::remove_stale_sysv(server_pid);
+
+    // socket() + bind() + listen(backlog), first: if the port is taken we exit before creating
+    // anything that would be left behind.
+    let listener = common::listener::listen(&args.server);
+    // The shared memory, before any fork(): every child inherits the mapping.
+    let ipc = Ipc::create(args.ipc, server_pid, args.max_children)
+        .unwrap_or_else(|e| common::exit_with_error(&e));
+    serve_forever(listener, &ipc, &args);
+    // No child is left: remove what crashed children left, then the objects themselves.
+    ipc.remove();
     narrate!("shutting down: every child reaped, every IPC object removed; bye");
 }
 
-/// `--ipc sysv`: the SIGUSR1 handler (before any fork), the segment and the one queue.
-fn create_sysv(server: u32) -> (Segment, MsgQueue) {
-    if let Err(e) = sysv::install_wake_handler() {
-        common::exit_with_error(&format!("cannot install the SIGUSR1 handler: {e}"));
-    }
-    let key = sysv::key(sysv::Kind::Memory, server);
-    let segment = match Segment::create(key) {
-        Ok(segment) => segment,
-        Err(e) => common::exit_with_error(&format!(
-            "cannot create System V shared memory key {key:#010x}: {e}"
-        )),
-    };
-    narrate!(
-        "created System V shared memory: key {key:#010x} shmid {} ({} bytes: the INCR counter and the board of {} children)",
-        segment.id,
-        std::mem::size_of::<Board>(),
-        shm::SLOTS
-    );
-    let key = sysv::key(sysv::Kind::Queue, server);
-    let queue = match MsgQueue::create(key) {
-        Ok(queue) => queue,
-        Err(e) => {
-            let _ = sysv::remove_segment(segment.id);
-            common::exit_with_error(&format!(
-                "cannot create System V message queue key {key:#010x}: {e}"
-            ))
-        }
-    };
-    let limit = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
-    narrate!(
-        "created System V message queue: key {key:#010x} msqid {} (one for all children, mtype = the recipient's pid; msgmnb {} bytes per queue, msgmax {} per message)",
-        queue.id,
-        limit("msgmnb"),
-        limit("msgmax")
-    );
-    (segment, queue)
-}
-
 /// The parent's loop: accept, fork, repeat; until SIGINT/SIGTERM, then stop the children.
-fn serve_forever(
-    listener: TcpListener,
-    board: &Board,
-    server: u32,
-    queue: Option<MsgQueue>,
-    args: &Args,
-    parent_signals: &ParentSignals,
-) {
+fn serve_forever(listener: TcpListener, ipc: &Ipc, args: &Args) {
     // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
     let listener_watch = signals::wake_on_shutdown(&listener);
     let max = args.max_children as usize;
-    let mut children: Children<Served> = Children::new();
+    let mut children: Children<String> = Children::new();
     let mut next_id = 1;
-    while !signals::requested() {
-        // Reap the children that ended (lab02 explains the loop) and remove what the crashed
-        // ones left in the shared memory and the queues.
-        reap(&mut children, board, server, queue);
-        children.wait_below(max, parent_signals, |children| {
-            reap(children, board, server, queue)
-        });
-        // A client, or a signal (a child ended, or a stop): see common::fork.
-        let Some((stream, peer)) = parent_signals.accept(&listener) else {
-            continue;
+    loop {
+        let mut ended = children.reap(); // the SIGCHLD handler reaped them: narrate them
+        if children.len() >= max && !signals::requested() {
+            let live = children.len();
+            narrate!("{live} children: the --max-children cap; not accepting until one ends (new clients wait in the accept queue)");
+            ended.extend(children.wait_until_fewer_than(max));
+        }
+        // A child that ended normally removed its queue and left the board; one that crashed
+        // (PANIC, kill -9) could not, so the parent does it.
+        ended
+            .iter()
+            .for_each(|child| ipc.remove_leftovers_of(child.pid.as_raw()));
+        if signals::requested() {
+            break;
+        }
+        let (stream, peer) = match fork::accept(&listener) {
+            Ok(accepted) => accepted,
+            Err(_) if signals::requested() => break,
+            // EINTR: a child ended while we were blocked (SIGCHLD); loop to narrate it.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                narrate!("accept() failed: {e}");
+                continue;
+            }
         };
         let client = Client {
             model: Model::Ipc,
@@ -293,31 +140,20 @@ fn serve_forever(
         };
         next_id += 1;
         // SAFETY: in a process with several threads, the child of fork() gets only the calling
-        // thread, and a lock another thread held (the allocator's, stderr's) stays locked forever.
-        // This process has exactly one thread (we start none; signals are handled with sigaction,
-        // not a helper thread), so the child is a consistent copy that may run ordinary Rust code.
+        // thread, and a lock another thread held stays locked forever. This process has exactly
+        // one thread (signals are handled with sigaction, not a helper thread), so the child is
+        // a consistent copy that may run ordinary Rust code.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 drop(stream); // the child has its own copy; ours would only leak
-                children.add(child, Served(client.id));
+                children.add(child, format!("client {}", client.id));
                 narrate!(
                     "accepted client {} from {peer}: forked child {child} to serve it ({} children live)",
                     client.id,
                     children.len()
                 );
             }
-            Ok(ForkResult::Child) => {
-                parent_signals.in_child();
-                child_main(
-                    listener,
-                    (stream, peer),
-                    &client,
-                    board,
-                    server,
-                    queue,
-                    args,
-                )
-            }
+            Ok(ForkResult::Child) => child_main(listener, (stream, peer), &client, ipc, args),
             Err(e) => narrate!(
                 "fork() failed for client {}: {e}; closing its connection",
                 client.id
@@ -329,93 +165,236 @@ fn serve_forever(
     children.stop_all(STOP_GRACE);
 }
 
-/// A child: serves its one client and exits. It never returns into the parent's loop.
+/// A child: serves its one client and exits; it never returns into the parent's loop.
 fn child_main(
     listener: TcpListener,
     (stream, peer): (TcpStream, SocketAddr),
     client: &Client,
-    board: &Board,
-    server: u32,
-    queue: Option<MsgQueue>,
+    ipc: &Ipc,
     args: &Args,
 ) -> ! {
-    // fork() copied every descriptor. We need the client's socket, not the listening socket:
-    // close our copy. (The parent holds no other descriptor: it closed each client's socket
-    // after forking, it closed the shared memory's descriptor after mmap, and it never opens a
-    // queue.) The mapping of the shared memory is inherited, and is what we want to keep.
+    // fork() copied the parent's signal setup and its watched sockets: drop the parent's business.
+    fork::in_child();
+    signals::forget_watched();
+    // fork() copied every descriptor: close our copy of the listening socket. The mapping of the
+    // shared memory is inherited too, and that one we keep.
     drop(listener);
-    narrate!(
-        "child of {}: serving client {} from {peer}",
-        getppid(),
-        client.id
-    );
+    let (parent, id) = (getppid(), client.id);
+    narrate!("child of {parent}: serving client {id} from {peer}");
     let idle = args.server.idle_timeout.map(Duration::from_secs);
-    let status = fork::run_session(client.id, "this child exits", || {
-        child::serve(stream, client, board, server, queue, idle)
-    });
+    // A PANIC unwinds to here and becomes exit status 101, never into the parent's code.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve_client(&stream, client, ipc, idle)
+    }));
+    let status = match served {
+        Ok(ending) => {
+            narrate!("client {id} {ending}; this child exits");
+            0
+        }
+        Err(_) => {
+            narrate!("the session of client {id} panicked: this child exits with status {PANIC_EXIT_STATUS}; the counter and the chat go on");
+            PANIC_EXIT_STATUS
+        }
+    };
     std::process::exit(status)
 }
 
-/// Reaps the children that ended: a child that ended normally removed its queue and left the
-/// board itself; one that crashed (PANIC, kill -9) could not, so the parent does it for it.
-fn reap(children: &mut Children<Served>, board: &Board, server: u32, queue: Option<MsgQueue>) {
-    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        let Some(pid) = status.pid() else { break }; // StillAlive: none has ended
-        children.ended(status);
-        remove_leftovers_of(pid.as_raw(), board, server, queue);
+/// Everything one child uses. As [`Shared`], `INCR` and `SAY` go through the IPC.
+struct Child<'a> {
+    stream: &'a TcpStream,
+    ipc: &'a Ipc,
+    /// `None` if it could not be made: then this client is not in the chat.
+    mailbox: Option<Mailbox>,
+    /// Read end of this process's self-pipe: readable once SIGTERM/SIGINT arrived.
+    stop: BorrowedFd<'static>,
+    pid: i32,
+    buf: Vec<u8>, // room for the largest message
+}
+
+/// Serves `client` in this child until it leaves or the server stops.
+fn serve_client(stream: &TcpStream, client: &Client, ipc: &Ipc, idle: Option<Duration>) -> Ending {
+    // Our own self-pipe: made now, in the child, so that no other process shares it.
+    let stop = match signals::wake_pipe() {
+        // SAFETY: the pipe's read end lives as long as the process (see `signals::wake_pipe`).
+        Ok(fd) => unsafe { BorrowedFd::borrow_raw(fd) },
+        Err(e) => return Ending::Error(e.kind()),
+    };
+    // A write to a client that never reads gives up; a MSG line and a reply often leave one
+    // right after the other, which Nagle's algorithm would delay (TCP_NODELAY).
+    let options = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    if let Err(e) = options.and_then(|()| stream.set_nodelay(true)) {
+        narrate!("cannot set the socket options of client {}: {e}", client.id);
+    }
+    let pid = std::process::id() as i32;
+    let mut child = Child {
+        stream,
+        ipc,
+        mailbox: ipc.open_mailbox(pid, client.id),
+        stop,
+        pid,
+        buf: vec![0; posix::MESSAGE_SIZE as usize],
+    };
+    let ending = (child.run(client, idle)).unwrap_or_else(|e| Ending::Error(e.kind()));
+    if let Some(mailbox) = child.mailbox.take() {
+        mailbox.close(ipc.board());
+    }
+    ending
+}
+
+impl Child<'_> {
+    /// The child's loop: `poll()` on the client, the stop pipe and the mailbox at once.
+    fn run(&mut self, client: &Client, idle: Option<Duration>) -> io::Result<Ending> {
+        self.send(&session::hello(client.model))?;
+        let mut framer = LineFramer::new();
+        let mut chunk = [0u8; 4096];
+        let mut last_heard = Instant::now();
+        loop {
+            if signals::requested() {
+                let _ = self.send(&protocol::bye(""));
+                return Ok(Ending::Shutdown);
+            }
+            let left = idle.map(|limit| limit.saturating_sub(last_heard.elapsed()));
+            if left.is_some_and(|left| left.is_zero()) {
+                let _ = self.send(&protocol::bye("idle"));
+                return Ok(Ending::Idle);
+            }
+            let timeout = left.map_or(PollTimeout::NONE, |left| {
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            });
+            let (request, mail) = match self.wait(true, &[], timeout) {
+                Err(Errno::EINTR) => continue, // a signal: the loop checks why
+                ready => ready?,
+            };
+            if mail {
+                self.deliver_mail()?;
+            }
+            if !request {
+                continue;
+            }
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Ok(Ending::ClientClosed {
+                        partial: framer.has_partial_line(),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => read?,
+            };
+            last_heard = Instant::now();
+            framer.feed(&chunk[..n]);
+            while let Some(frame) = framer.next_frame() {
+                let (reply, next) = session::respond(frame, client, self);
+                self.send(&reply)?;
+                if next == Next::Close {
+                    return Ok(Ending::Quit);
+                }
+            }
+        }
+    }
+
+    /// Waits in `poll()` for the client (if `client`), room in the `full` queues, our mail and
+    /// the stop pipe (which only wakes us: the caller checks the flag). Returns whether the
+    /// client sent something and whether mail arrived.
+    fn wait(
+        &self,
+        client: bool,
+        full: &[Recipient],
+        timeout: PollTimeout,
+    ) -> nix::Result<(bool, bool)> {
+        let watch = |fd, flags| PollFd::new(fd, flags);
+        let mut fds = vec![watch(self.stop, PollFlags::POLLIN)];
+        fds.extend(client.then(|| watch(self.stream.as_fd(), PollFlags::POLLIN)));
+        fds.extend(
+            full.iter()
+                .filter_map(Recipient::room_fd)
+                .map(|fd| watch(fd, PollFlags::POLLOUT)),
+        );
+        fds.extend(
+            self.mailbox
+                .as_ref()
+                .map(|m| watch(m.as_fd(), PollFlags::POLLIN)),
+        );
+        poll(&mut fds, timeout)?;
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok((
+            client && ready(&fds[1]),
+            self.mailbox.is_some() && fds.last().is_some_and(ready),
+        ))
+    }
+
+    /// Takes every message out of our mailbox and writes each to the client as a line.
+    fn deliver_mail(&mut self) -> io::Result<()> {
+        let Some(mailbox) = &self.mailbox else {
+            return Ok(());
+        };
+        let mut writer = self.stream;
+        mailbox.receive_all(self.ipc.board(), &mut self.buf, |message| {
+            writer.write_all(&[message, b"\n"].concat())
+        })
+    }
+
+    fn send(&self, line: &str) -> io::Result<()> {
+        session::send_line(&mut &*self.stream, line)
     }
 }
 
-/// Removes child `pid`'s queue (posix) or its unread messages (sysv), and its board row, if it
-/// left them behind.
-fn remove_leftovers_of(pid: i32, board: &Board, server: u32, queue: Option<MsgQueue>) {
-    match queue {
-        // Messages typed with a dead child's pid would take room in the shared queue for ever:
-        // leave the board first (no new sender finds that pid), then drain them.
-        Some(queue) => {
-            board.unregister(pid);
-            let dropped = queue.drain(pid);
-            if dropped > 0 {
-                narrate!(
-                    "dropped {dropped} message(s) for child {pid} from System V queue msqid {}",
-                    queue.id
-                );
-            }
-        }
-        None => {
-            let name = names::queue_name(server, pid);
-            if chat::remove(&name).is_ok() {
-                narrate!("removed message queue {name}, which child {pid} left behind");
-            }
-            board.unregister(pid);
-        }
+impl Shared for Child<'_> {
+    /// The counter is in shared memory: one atomic add, seen by every child.
+    fn incr(&mut self) -> u64 {
+        self.ipc.board().incr()
     }
-}
 
-/// At the end: every row still on the board is a child that did not clean up after itself.
-fn clean_up_after_crashed_children(board: &Board, server: u32, queue: Option<MsgQueue>) {
-    for child in board.listeners(0) {
-        remove_leftovers_of(child.pid, board, server, queue);
-    }
-}
-
-/// Says how many queues the user's budget holds, and warns if `--max-children` is more.
-fn explain_queue_budget(max_children: u32) {
-    let per_queue = chat::BYTES_PER_QUEUE as u64;
-    match chat::budget() {
-        Some(budget) => {
-            let fit = budget / per_queue;
-            narrate!(
-                "each child's message queue costs {per_queue} bytes of this user's {budget}-byte RLIMIT_MSGQUEUE: {fit} queues fit; --max-children is {max_children}"
-            );
-            if u64::from(max_children) > fit {
-                narrate!(
-                    "WARNING: --max-children {max_children} is more than the {fit} queues that fit; the last children will get no chat messages"
-                );
+    /// Puts `MSG <from> <text>` in every other child's mailbox. A full one is waited for, at
+    /// most [`SEND_WAIT`] in all, while we keep taking out our own mail: its sender may be
+    /// waiting for room too, so two children sending to each other never wait on each other.
+    fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
+        if self.mailbox.is_none() {
+            return Err("the chat is not available to this client".into());
+        }
+        let message = protocol::msg(from, text);
+        let mut missed = Vec::new();
+        let mut pending = self.ipc.recipients(self.pid, &mut missed);
+        let deadline = Instant::now() + SEND_WAIT;
+        let (mut delivered, mut waiting) = (0, false);
+        loop {
+            pending.retain(|to| match to.try_send(message.as_bytes()) {
+                Ok(sent) => {
+                    delivered += usize::from(sent);
+                    !sent
+                }
+                Err(e) => {
+                    narrate!("cannot send to client {}: {e}", to.member.client);
+                    missed.push(to.member.client);
+                    false
+                }
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pending.is_empty() || left.is_zero() || signals::requested() {
+                break;
             }
+            if !waiting {
+                // Say that we wait for room, then try once more: room made in between counts.
+                self.ipc.mark_waiting_for_room(self.pid, true);
+                waiting = true;
+                continue;
+            }
+            // Room in a full queue, or our own mail (System V: either brings a SIGUSR1); EINTR
+            // is fine, we try again either way.
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let _ = self.wait(false, &pending, timeout);
+            let _ = self.deliver_mail(); // a client that is gone shows in the main loop
         }
-        None => {
-            narrate!("each child's message queue costs {per_queue} bytes (RLIMIT_MSGQUEUE unknown)")
+        if waiting {
+            self.ipc.mark_waiting_for_room(self.pid, false);
         }
+        missed.extend(pending.iter().map(|to| to.member.client));
+        if missed.is_empty() {
+            return Ok(());
+        }
+        missed.sort_unstable();
+        let who: Vec<String> = missed.iter().map(u64::to_string).collect();
+        let (who, wait) = (who.join(", "), SEND_WAIT.as_millis());
+        let plural = if delivered == 1 { "" } else { "s" };
+        Err(format!("client {who} missed it: queue full for {wait} ms; delivered to {delivered} other client{plural}"))
     }
 }

@@ -327,6 +327,6 @@ fn explain_queue_budget(max_children: u32) {
     let fit = budget / cost;
     narrate!("each child's message queue costs {cost} bytes of this user's {budget}-byte RLIMIT_MSGQUEUE: {fit} queues fit; --max-children is {max_children}");
     if u64::from(max_children) > fit && budget > 0 {
-        common::narrate::warn(format_args!("--max-children {max_children} is more than the {fit} queues that fit; the last children will get no chat messages"));
+        common::narration::warn(format_args!("--max-children {max_children} is more than the {fit} queues that fit; the last children will get no chat messages"));
     }
 }

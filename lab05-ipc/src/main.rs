@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::cli::ServerArgs;
-use common::fork::{self, Children};
+use common::fork::{self, Children, ParentSignals, STOP_GRACE};
 use common::framing::LineFramer;
-use common::session::{self, Client, Ending, Next, Shared};
+use common::session::{self, Client, Ending, Next, Shared, WRITE_TIMEOUT};
 use common::{narrate, protocol, signals, Model};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{fork, getppid, ForkResult};
 
 use crate::ipc::{Ipc, Mailbox, Recipient};
@@ -62,12 +63,6 @@ struct Args {
 
 /// The listen backlog: clients beyond `--max-children` wait here.
 const DEFAULT_BACKLOG: i32 = 128;
-/// How long the children get to say `BYE` and exit after SIGTERM, before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
-/// The exit status of a child whose session panicked (Rust's own status for a panic in main).
-const PANIC_EXIT_STATUS: i32 = 101;
-/// A client that does not take its bytes for this long is given up on.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a `SAY` waits in all for room in full queues, before saying who missed it: a
 /// reader may be a moment behind, or asleep for seconds.
 const SEND_WAIT: Duration = Duration::from_millis(500);
@@ -77,13 +72,11 @@ fn main() {
     if let Some(clients) = args.server.demo {
         demo::run(clients);
     }
-    common::narrate::init(Model::Ipc, args.server.quiet);
-    if let Err(e) = signals::install() {
-        common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
-    }
-    if let Err(e) = fork::install_reaper() {
-        common::exit_with_error(&format!("cannot install the SIGCHLD handler: {e}"));
-    }
+    common::narration::init(Model::Ipc, args.server.quiet);
+    // SIGINT/SIGTERM stop us, SIGCHLD wakes us when a child ends (lab02 explains them).
+    let parent_signals = ParentSignals::install().unwrap_or_else(|e| {
+        common::exit_with_error(&format!("cannot install the signal handlers: {e}"))
+    });
     let server_pid = std::process::id();
     // What killed servers left behind, of either kind (SIGKILL cannot be caught).
     leftovers::remove_stale_posix(server_pid);
@@ -91,78 +84,67 @@ fn main() {
 
     // socket() + bind() + listen(backlog), first: if the port is taken we exit before creating
     // anything that would be left behind.
-    let listener = common::listener::listen(&args.server);
+    let listener = common::listener::listen(args.server.address(), args.server.backlog);
     // The shared memory, before any fork(): every child inherits the mapping.
     let ipc = Ipc::create(args.ipc, server_pid, args.max_children)
         .unwrap_or_else(|e| common::exit_with_error(&e));
-    serve_forever(listener, &ipc, &args);
+    serve_forever(listener, &ipc, &args, &parent_signals);
     // No child is left: remove what crashed children left, then the objects themselves.
     ipc.remove();
     narrate!("shutting down: every child reaped, every IPC object removed; bye");
 }
 
-/// The parent's loop: accept, fork, repeat; until SIGINT/SIGTERM, then stop the children.
-fn serve_forever(listener: TcpListener, ipc: &Ipc, args: &Args) {
-    // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below.
+/// The parent: lab02's loop (accept, fork, close, reap) plus the IPC housekeeping.
+fn serve_forever(listener: TcpListener, ipc: &Ipc, args: &Args, parent_signals: &ParentSignals) {
     let listener_watch = signals::wake_on_shutdown(&listener);
-    let max = args.max_children as usize;
-    let mut children: Children<String> = Children::new();
+    let mut children = Children::new();
     let mut next_id = 1;
-    loop {
-        let mut ended = children.reap(); // the SIGCHLD handler reaped them: narrate them
-        if children.len() >= max && !signals::requested() {
-            let live = children.len();
-            narrate!("{live} children: the --max-children cap; not accepting until one ends (new clients wait in the accept queue)");
-            ended.extend(children.wait_until_fewer_than(max));
-        }
-        // A child that ended normally removed its queue and left the board; one that crashed
-        // (PANIC, kill -9) could not, so the parent does it.
-        ended
-            .iter()
-            .for_each(|child| ipc.remove_leftovers_of(child.pid.as_raw()));
-        if signals::requested() {
-            break;
-        }
-        let (stream, peer) = match fork::accept(&listener) {
-            Ok(accepted) => accepted,
-            Err(_) if signals::requested() => break,
-            // EINTR: a child ended while we were blocked (SIGCHLD); loop to narrate it.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                narrate!("accept() failed: {e}");
-                continue;
-            }
+    while !signals::requested() {
+        reap(&mut children, ipc);
+        let max = args.max_children as usize;
+        children.wait_below(max, parent_signals, |children| reap(children, ipc));
+        // A client, or a signal (a child ended, or a stop): loop to look.
+        let Some((stream, peer)) = parent_signals.accept(&listener) else {
+            continue;
         };
-        let client = Client {
-            model: Model::Ipc,
-            id: next_id,
-            allow_panic: args.server.allow_panic,
-        };
+        let (id, allow_panic) = (next_id, args.server.allow_panic);
         next_id += 1;
-        // SAFETY: in a process with several threads, the child of fork() gets only the calling
-        // thread, and a lock another thread held stays locked forever. This process has exactly
-        // one thread (signals are handled with sigaction, not a helper thread), so the child is
-        // a consistent copy that may run ordinary Rust code.
+        // SAFETY: the child of fork() gets only the calling thread, so a lock another thread held
+        // would stay locked in it forever. This process has exactly one thread (signals are
+        // handled with sigaction, not a helper thread): the child is a consistent copy.
         match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                parent_signals.in_child();
+                let client = Client {
+                    model: Model::Ipc,
+                    id,
+                    allow_panic,
+                };
+                child_main(listener, (stream, peer), &client, ipc, args)
+            }
             Ok(ForkResult::Parent { child }) => {
                 drop(stream); // the child has its own copy; ours would only leak
-                children.add(child, format!("client {}", client.id));
-                narrate!(
-                    "accepted client {} from {peer}: forked child {child} to serve it ({} children live)",
-                    client.id,
-                    children.len()
-                );
+                children.add(child, format!("client {id}"));
+                let live = children.len();
+                narrate!("accepted client {id} from {peer}: forked child {child} to serve it ({live} children live)");
             }
-            Ok(ForkResult::Child) => child_main(listener, (stream, peer), &client, ipc, args),
-            Err(e) => narrate!(
-                "fork() failed for client {}: {e}; closing its connection",
-                client.id
-            ),
+            Err(e) => narrate!("fork() failed for client {id}: {e}; closing its connection"),
         }
     }
     drop(listener_watch);
     narrate!("stop signal: no more accept(); stopping the children");
     children.stop_all(STOP_GRACE);
+}
+
+/// `waitpid()` every child that has ended (lab02 explains the loop). One that ended normally
+/// removed its queue and left the board; one that crashed (PANIC, kill -9) could not, so the
+/// parent does it.
+fn reap(children: &mut Children<String>, ipc: &Ipc) {
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        let Some(pid) = status.pid() else { break }; // StillAlive: none has ended
+        children.ended(status);
+        ipc.remove_leftovers_of(pid.as_raw());
+    }
 }
 
 /// A child: serves its one client and exits; it never returns into the parent's loop.
@@ -173,29 +155,15 @@ fn child_main(
     ipc: &Ipc,
     args: &Args,
 ) -> ! {
-    // fork() copied the parent's signal setup and its watched sockets: drop the parent's business.
-    fork::in_child();
-    signals::forget_watched();
     // fork() copied every descriptor: close our copy of the listening socket. The mapping of the
     // shared memory is inherited too, and that one we keep.
     drop(listener);
     let (parent, id) = (getppid(), client.id);
     narrate!("child of {parent}: serving client {id} from {peer}");
     let idle = args.server.idle_timeout.map(Duration::from_secs);
-    // A PANIC unwinds to here and becomes exit status 101, never into the parent's code.
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let status = fork::run_session(id, "this child exits", || {
         serve_client(&stream, client, ipc, idle)
-    }));
-    let status = match served {
-        Ok(ending) => {
-            narrate!("client {id} {ending}; this child exits");
-            0
-        }
-        Err(_) => {
-            narrate!("the session of client {id} panicked: this child exits with status {PANIC_EXIT_STATUS}; the counter and the chat go on");
-            PANIC_EXIT_STATUS
-        }
-    };
+    });
     std::process::exit(status)
 }
 

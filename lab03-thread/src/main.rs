@@ -25,10 +25,12 @@
 //! change it through the `Arc` the type must be an atomic, a `Mutex`, or another type that
 //! synchronises (it must be `Sync`). The comments below point at the places where that shows.
 
+mod demo;
 mod outbox;
 mod pool;
 mod room;
 
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::TrySendError;
@@ -72,7 +74,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The memory every client thread shares. One value, made by `main`, reached by every thread
 /// through an `Arc` (a reference-counted pointer whose count is itself atomic).
-struct Server {
+struct SharedState {
     /// `INCR`. An atomic rather than a `Mutex<u64>`: a single number with no other data to keep
     /// consistent with it is exactly what the CPU can update atomically (`lock xadd` on x86), so
     /// no thread ever waits on a lock for it. A `Mutex<u64>` would work too; the chat room needs
@@ -84,15 +86,17 @@ struct Server {
     idle_timeout: Option<u64>,
 }
 
-/// Each client thread's view of the shared state is a plain `&Server`: shared, read-only as far
-/// as the type system knows. It may still change the counter and the room because those
+/// Each client thread's view of the shared state is a plain `&SharedState`: shared, read-only
+/// as far as the type system knows. It may still change the counter and the room because those
 /// synchronise inside (interior mutability with `Sync` types). A plain `u64` field could not be
-/// changed through `&Server` at all: that is how Rust rules out the data race.
-impl Shared for &Server {
+/// changed through `&SharedState` at all: that is how Rust rules out the data race.
+impl Shared for &SharedState {
     fn incr(&mut self) -> u64 {
-        // Relaxed is enough: we only need every INCR to get its own number, which any atomic
-        // read-modify-write guarantees; no other memory is published through the counter.
+        // Task 2: the shared counter.
+        // Every thread adds to the one counter at once: an atomic read-modify-write gives each
+        // INCR its own number. Relaxed is enough: no other memory is published through it.
         self.counter.fetch_add(1, Ordering::Relaxed) + 1
+        // End of task 2.
     }
 
     fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
@@ -100,27 +104,21 @@ impl Shared for &Server {
     }
 }
 
+/// A client just accepted: its socket, its address and its id.
+type Accepted = (TcpStream, SocketAddr, u64);
+
+/// How clients get their thread: one name for each way.
+enum Threads {
+    /// A new thread per client (the default): the running ones, to count and, at the end, join.
+    PerClient(Vec<JoinHandle<()>>),
+    /// `--pool N`: N workers made up front take the accepted clients from a queue.
+    Pool(Pool<Accepted>),
+}
+
 fn main() {
     let args: Args = common::cli::parse(Model::Thread, DEFAULT_BACKLOG);
     if let Some(clients) = args.server.demo {
-        common::demo::run(
-            Model::Thread,
-            clients,
-            "The clients connect 100 ms apart and each is greeted at once: one pid, a thread (tid) each. \
-             INCR counts across them, and each SAY reaches the others as a MSG.",
-            |i| {
-                vec![
-                    "WHO".into(),
-                    // Everyone is greeted at once: wait for the others, so all hear every SAY.
-                    common::demo::TOGETHER.into(),
-                    "SLEEP 300".into(),
-                    "INCR".into(),
-                    format!("SAY hello from client {i}"),
-                    common::demo::messages(clients - 1),
-                    "QUIT".into(),
-                ]
-            },
-        );
+        demo::run(clients);
     }
     common::narration::init(Model::Thread, args.server.quiet);
     // The handler is process-wide: the kernel delivers SIGINT/SIGTERM to whichever thread it
@@ -128,29 +126,25 @@ fn main() {
     if let Err(e) = signals::install() {
         common::exit_with_error(&format!("cannot install the signal handlers: {e}"));
     }
-
-    let server = Arc::new(Server {
+    let state = Arc::new(SharedState {
         counter: AtomicU64::new(0),
         room: Room::default(),
         allow_panic: args.server.allow_panic,
         idle_timeout: args.server.idle_timeout,
     });
     let max_clients = args.max_clients as usize;
-    // --pool N: the workers, made now, before we even listen.
-    let pool = args
-        .pool
-        .map(|size| start_pool(size as usize, max_clients, &server));
+    let mut threads = match args.pool {
+        // --pool N: the workers, made now, before we even listen.
+        Some(size) => Threads::Pool(start_pool(size as usize, max_clients, &state)),
+        None => Threads::PerClient(Vec::new()),
+    };
 
     // socket() + bind() + listen(backlog).
     let listener = common::listener::listen(args.server.address(), args.server.backlog);
     // On SIGINT/SIGTERM the handler shuts the listener down, which wakes accept() below. We
     // watch only the listener: the client sockets are in the room, and `wake_all` wakes them.
     let listener_watch = signals::wake_on_shutdown(&listener);
-
     let mut next_id: u64 = 1;
-    // Thread per client: the handles of the client threads, to count and, at the end, join them.
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-
     loop {
         // Block until a client is in the accept queue, and take the oldest one.
         let (stream, peer) = match listener.accept() {
@@ -165,60 +159,49 @@ fn main() {
         };
         let id = next_id;
         next_id += 1;
-        match &pool {
-            Some(pool) => match pool.submit((stream, peer, id)) {
+        match &mut threads {
+            Threads::PerClient(running) => {
+                running.retain(|t| !t.is_finished()); // forget the threads that have ended
+                if running.len() >= max_clients {
+                    let why = format!("{max_clients} client threads already (--max-clients)");
+                    refuse(&stream, id, &why);
+                    continue;
+                }
+                match spawn_client_thread(stream, peer, id, &state) {
+                    Ok(thread) => {
+                        running.push(thread);
+                        narrate!(
+                            "accepted client {id} from {peer}; started thread client-{id} ({} client threads)",
+                            running.len()
+                        );
+                    }
+                    // EAGAIN: out of threads or memory. The socket was dropped with the closure
+                    // that owned it: the client sees the connection close.
+                    Err(e) => narrate!("cannot start a thread for client {id}: {e}; closed it"),
+                }
+            }
+            Threads::Pool(pool) => match pool.submit((stream, peer, id)) {
                 Ok(()) => {
                     narrate!("accepted client {id} from {peer}; queued for the next free worker")
                 }
                 Err(
                     TrySendError::Full((stream, ..)) | TrySendError::Disconnected((stream, ..)),
                 ) => {
-                    refuse(
-                        &stream,
-                        id,
-                        "all workers busy and the queue is full (--max-clients)",
-                    );
+                    let why = "all workers busy and the queue is full (--max-clients)";
+                    refuse(&stream, id, why);
                 }
             },
-            None => {
-                // Forget the threads whose client has left (they have ended).
-                threads.retain(|t| !t.is_finished());
-                if threads.len() >= max_clients {
-                    refuse(
-                        &stream,
-                        id,
-                        &format!("{max_clients} client threads already (--max-clients)"),
-                    );
-                    continue;
-                }
-                let shared = Arc::clone(&server); // one more owner of the shared state
-                let spawned = thread::Builder::new()
-                    .name(format!("client-{id}"))
-                    .spawn(move || serve_client(stream, peer, id, &shared));
-                match spawned {
-                    Ok(handle) => {
-                        threads.push(handle);
-                        narrate!(
-                            "accepted client {id} from {peer}; started thread client-{id} ({} client threads)",
-                            threads.len()
-                        );
-                    }
-                    // EAGAIN: out of threads or memory. The closure, and the socket with it,
-                    // was dropped: the client sees the connection close.
-                    Err(e) => narrate!("cannot start a thread for client {id}: {e}; closed it"),
-                }
-            }
         }
     }
 
     // Stop: no new clients (the listener is shut down). Wake every client thread blocked in
     // read(): each gets end-of-file, sees the stop flag, sends BYE and ends.
     drop(listener_watch);
-    let woken = server.room.wake_all();
+    let woken = state.room.wake_all();
     narrate!("shutting down: woke {woken} client(s); waiting for their threads to say BYE");
-    let still_running = match pool {
-        Some(pool) => pool.shut_down(SHUTDOWN_GRACE),
-        None => pool::join_within(threads, SHUTDOWN_GRACE),
+    let still_running = match threads {
+        Threads::PerClient(running) => pool::join_within(running, SHUTDOWN_GRACE),
+        Threads::Pool(pool) => pool.shut_down(SHUTDOWN_GRACE),
     };
     if still_running > 0 {
         narrate!("{still_running} thread(s) did not finish in time; exiting anyway");
@@ -228,26 +211,35 @@ fn main() {
     // Returning from main ends the process, and with it any thread still running.
 }
 
-/// `--pool N`: starts the N workers. Each one serves the connections it takes from the queue;
+/// Starts a thread that serves client `id` to the end, and returns its handle.
+fn spawn_client_thread(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    state: &Arc<SharedState>,
+) -> io::Result<JoinHandle<()>> {
+    // Task 1: a thread per client.
+    // The new thread needs its own owner of the shared state (an `Arc` clone), and takes the
+    // socket with it (`move`): from here on, this client is that thread's alone.
+    let state = Arc::clone(state);
+    thread::Builder::new()
+        .name(format!("client-{id}"))
+        .spawn(move || serve_client(stream, peer, id, &state))
+    // End of task 1.
+}
+
+/// `--pool N`: starts the N workers. Each one serves the clients it takes from the queue;
 /// after a stop signal, it only tells the clients still waiting `BYE`.
-fn start_pool(
-    size: usize,
-    waiting: usize,
-    server: &Arc<Server>,
-) -> Pool<(TcpStream, SocketAddr, u64)> {
-    let server = Arc::clone(server);
-    let pool = Pool::new(
-        size,
-        waiting,
-        move |(stream, peer, id): (TcpStream, SocketAddr, u64)| {
-            if signals::requested() {
-                let _ = session::send_line(&mut &stream, &protocol::bye(""));
-                return;
-            }
-            serve_client(stream, peer, id, &server);
-        },
-    );
-    match pool {
+fn start_pool(size: usize, waiting: usize, state: &Arc<SharedState>) -> Pool<Accepted> {
+    let state = Arc::clone(state);
+    let serve = move |(stream, peer, id): Accepted| {
+        if signals::requested() {
+            let _ = session::send_line(&mut &stream, &protocol::bye(""));
+            return;
+        }
+        serve_client(stream, peer, id, &state);
+    };
+    match Pool::new(size, waiting, serve) {
         Ok(pool) => {
             narrate!("started a pool of {size} worker threads");
             pool
@@ -264,40 +256,38 @@ fn refuse(stream: &TcpStream, id: u64, why: &str) {
 }
 
 /// Serves one client to the end, in the calling thread (a client thread, or a pool worker).
-fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, server: &Server) {
+fn serve_client(stream: TcpStream, peer: SocketAddr, id: u64, state: &SharedState) {
     // TCP_NODELAY (replies leave at once) and --idle-timeout: see common/src/session.rs.
-    if let Err(e) = session::prepare_client_socket(&stream, server.idle_timeout) {
+    if let Err(e) = session::prepare_client_socket(&stream, state.idle_timeout) {
         narrate!("cannot set the socket options of client {id}: {e}");
     }
     // This thread reads from the socket and writes its replies; the MSG lines other clients
-    // send go through its outbox, to a writer thread started by the first one (see outbox.rs).
-    let (mut replies, outbox) = match outbox::open(&stream, id) {
+    // send go through its outbox, to its writer thread (see outbox.rs).
+    let (mut replies, outbox, writer) = match outbox::open(&stream, id) {
         Ok(opened) => opened,
         Err(e) => {
-            narrate!("cannot set up the socket of client {id} for writing: {e}; closing it");
+            narrate!("cannot set up the writing side of client {id}: {e}; closing it");
             return;
         }
     };
-    // The room keeps the socket too (an `Arc`: shared ownership), to shut it down. From here
-    // other clients' SAY reach this one. The seat leaves the room when dropped, even if this
-    // thread panics (PANIC): the unwinding drops it.
+    // The room keeps the socket too (an `Arc`: shared ownership), to shut it down, and the
+    // outbox. From here other clients' SAY reach this one. The seat leaves the room when
+    // dropped, even if this thread panics (PANIC): the unwinding drops it.
     let socket = Arc::new(stream);
-    let seat = server
-        .room
-        .join(id, Arc::clone(&socket), Arc::clone(&outbox));
+    let seat = state.room.join(id, Arc::clone(&socket), outbox);
     narrate!(
         "serving client {id} ({peer}) in this thread; {} in the chat room",
-        server.room.len()
+        state.room.len()
     );
     let client = Client {
         model: Model::Thread,
         id,
-        allow_panic: server.allow_panic,
+        allow_panic: state.allow_panic,
     };
-    let ending = session::serve_blocking(&*socket, &mut replies, &client, server);
-    // Leave the room, then let the writer thread, if one was started, write what is still
-    // queued and end (see `outbox::close`). The socket closes with the last of its descriptors.
+    let ending = session::serve_blocking(&*socket, &mut replies, &client, state);
+    // Leave the room: it held the outbox's only sender, so the writer thread writes what is
+    // still queued and ends. Wait for it; the socket closes with the last of its descriptors.
     drop(seat);
-    outbox::close(outbox);
+    let _ = writer.join();
     narrate!("client {id} {ending}; done with it");
 }

@@ -11,27 +11,15 @@
 //!    buffers, and then a `write()` to it blocks: one sleepy client would freeze the chat for
 //!    everyone. So a `MSG` line is not written by the sender's thread: it is put in the
 //!    recipient's [`Outbox`], a bounded channel of [`OUTBOX_LINES`] lines, with `try_send`, which
-//!    never waits. A writer thread of the recipient takes the lines out and writes them. When the
-//!    outbox is full the recipient has stopped reading, and the chat room disconnects it (see
-//!    `room.rs`).
-//!
-//! The writer thread is started by the first `MSG` line a client is sent, not when it connects:
-//! most connections never take part in a chat, and starting a thread is the most expensive thing
-//! this server does for a connection (a `clone3` system call, and an `mmap` for the new stack).
-//! With a writer thread started for every connection, the bench's `connect` workload measured
-//! `--pool 8` at 190–240 µs of CPU per connection (1.9–2.2× the connections per second of lab02's
-//! fork per client); with writers started only when needed, at 95–118 µs (3.15–3.48×). See
-//! docs/benchmarks.md.
+//!    never waits. The recipient's own writer thread, started when it connects, takes the lines
+//!    out and writes them. When the outbox is full the recipient has stopped reading, and the
+//!    chat room disconnects it (see `room.rs`).
 //!
 //! A client's own replies take the short way: its thread writes them itself, under the same
 //! lock. If its client is slow, only that thread waits; and a client that takes nothing for
-//! [`WRITE_TIMEOUT`] is disconnected.
-//!
-//! Why not send the replies through the outbox too? The first version of this lab did, so that
-//! one writer thread was the only code writing to a socket. It was simple and correct, and slow:
-//! every request then woke the writer thread, a hand-off between two threads (a futex wake-up and
-//! two context switches) for each reply. With 100 clients the bench measured 31k requests per
-//! second that way, and 53k with the replies written directly (docs/benchmarks.md).
+//! [`WRITE_TIMEOUT`] is disconnected. (Sending the replies through the outbox as well would
+//! break rule 2: a client busy reading a long run of its own replies would fill its outbox
+//! with them, and the next `SAY` would cut it off.)
 //!
 //! The write half is a second descriptor for the same socket (`try_clone`, that is, `dup()`):
 //! `/proc/<pid>/fd` shows two descriptors per client. Both name one socket; `shutdown` on either
@@ -39,7 +27,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
@@ -52,6 +40,11 @@ pub const OUTBOX_LINES: usize = 32;
 
 /// One whole line, with its `\n`.
 pub type Line = Vec<u8>;
+
+/// Where other clients' threads put the `MSG` lines for one client: the sending end of a
+/// bounded channel. Only the chat room holds it; once the room lets go of it, the client's
+/// writer thread writes what is still queued and ends.
+pub type Outbox = SyncSender<Line>;
 
 /// The write half of a client's socket, behind the lock that keeps its lines whole.
 #[derive(Clone)]
@@ -69,10 +62,10 @@ impl Writer {
         let written = (&*socket).write_all(line);
         if let Err(e) = &written {
             if e.kind() == io::ErrorKind::WouldBlock {
+                let secs = WRITE_TIMEOUT.as_secs();
                 narrate!(
-                    "client {} has read nothing for {} s: disconnecting it",
-                    self.id,
-                    WRITE_TIMEOUT.as_secs()
+                    "client {} has read nothing for {secs} s: disconnecting it",
+                    self.id
                 );
             }
             // EPIPE/ECONNRESET: the client is gone, or the chat room cut it off.
@@ -107,131 +100,31 @@ impl Write for Replies {
     }
 }
 
-/// Client `id`'s outbox: where other clients' threads put the `MSG` lines for it.
-pub struct Outbox {
-    id: u64,
-    lines: SyncSender<Line>,
-    writer: Mutex<WriterThread>,
-}
-
-/// The outbox's writer thread, which exists only once the client has been sent something.
-enum WriterThread {
-    /// No line yet: what the thread will need, kept until then.
-    NotStarted(Receiver<Line>, Writer),
-    /// Writing the lines, in order, until the client leaves.
-    Running(JoinHandle<()>),
-    /// The client has left, or the thread could not be started.
-    Stopped,
-}
-
-impl Outbox {
-    /// Queues one line without ever waiting. `Full`: the client has [`OUTBOX_LINES`] lines
-    /// waiting, so it is not reading. `Disconnected`: the client is leaving (its writer thread has
-    /// stopped, or will never start).
-    pub fn try_send(&self, line: Line) -> Result<(), TrySendError<Line>> {
-        self.lines.try_send(line)
-    }
-
-    /// Starts the writer thread if it is not running yet. The chat room calls this after a
-    /// `SAY`, *outside* its lock: a thread takes tens of microseconds to start, far too long to
-    /// make every other client wait for the lock.
-    pub fn start_writer(&self) {
-        let mut state = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = std::mem::replace(&mut *state, WriterThread::Stopped);
-        let WriterThread::NotStarted(queue, writer) = now else {
-            *state = now; // already running, or the client has left: leave it as it was
-            return;
-        };
-        let socket = Arc::clone(&writer.socket);
-        let spawned = thread::Builder::new()
-            .name(format!("writer-{}", self.id))
-            .spawn(move || write_messages(&writer, queue));
-        match spawned {
-            Ok(thread) => {
-                *state = WriterThread::Running(thread);
-                drop(state); // (never print while holding a lock)
-                narrate!(
-                    "client {} was sent its first MSG: started thread writer-{} for its MSG lines",
-                    self.id,
-                    self.id
-                );
-            }
-            Err(e) => {
-                drop(state);
-                // EAGAIN: out of threads or memory. Without a writer its lines would pile up:
-                // cut it off now (its own thread sees end-of-file and ends).
-                narrate!(
-                    "cannot start thread writer-{}: {e}; disconnecting it",
-                    self.id
-                );
-                let socket = socket.lock().unwrap_or_else(PoisonError::into_inner);
-                let _ = socket.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    /// The client is leaving: no writer thread may start any more. Returns the running one, if
-    /// any (it ends once it has written what is queued and the last `Arc<Outbox>`, and the
-    /// sending end with it, is gone).
-    fn stop(&self) -> Option<JoinHandle<()>> {
-        let mut state = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        match std::mem::replace(&mut *state, WriterThread::Stopped) {
-            WriterThread::Running(thread) => Some(thread),
-            WriterThread::NotStarted(..) | WriterThread::Stopped => None,
-        }
-    }
-
-    /// An outbox without a writer thread: the test reads the lines itself.
-    #[cfg(test)]
-    pub fn for_test(id: u64, lines: usize) -> (Arc<Outbox>, Receiver<Line>) {
-        let (sender, queue) = mpsc::sync_channel(lines);
-        let outbox = Outbox {
-            id,
-            lines: sender,
-            writer: Mutex::new(WriterThread::Stopped),
-        };
-        (Arc::new(outbox), queue)
-    }
-}
-
-/// Opens client `id`'s ways out: the [`Replies`] its own thread writes through, and its
-/// [`Outbox`] (for the chat room). No thread is started here.
-pub fn open(socket: &TcpStream, id: u64) -> io::Result<(Replies, Arc<Outbox>)> {
+/// Opens client `id`'s ways out: the [`Replies`] its own thread writes through, its [`Outbox`]
+/// (for the chat room), and the writer thread that empties the outbox, `writer-<id>`.
+pub fn open(socket: &TcpStream, id: u64) -> io::Result<(Replies, Outbox, JoinHandle<()>)> {
     // SO_SNDTIMEO belongs to the socket, so it applies to both descriptors.
     socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let writer = Writer {
         socket: Arc::new(Mutex::new(socket.try_clone()?)), // dup(): the write half
         id,
     };
-    let (lines, queue) = mpsc::sync_channel(OUTBOX_LINES);
-    let outbox = Outbox {
-        id,
-        lines,
-        writer: Mutex::new(WriterThread::NotStarted(queue, writer.clone())),
-    };
+    let (outbox, lines) = mpsc::sync_channel(OUTBOX_LINES);
+    let messages = writer.clone();
+    let thread = thread::Builder::new()
+        .name(format!("writer-{id}"))
+        .spawn(move || write_messages(&messages, lines))?;
     let replies = Replies {
         writer,
         pending: Vec::new(),
     };
-    Ok((replies, Arc::new(outbox)))
-}
-
-/// The client's thread calls this when its client leaves (after leaving the chat room): the
-/// writer thread, if one was started, writes what is still queued and ends, and we wait for it.
-/// It takes the client's own `Arc` of the outbox because that must be gone before we wait:
-/// while any `Arc` holds the sending end, the writer waits for more lines, forever.
-pub fn close(outbox: Arc<Outbox>) {
-    let writer = outbox.stop();
-    drop(outbox);
-    if let Some(writer) = writer {
-        let _ = writer.join();
-    }
+    Ok((replies, outbox, thread))
 }
 
 /// The writer thread: the `MSG` lines of the outbox, one whole line at a time, in order.
-fn write_messages(writer: &Writer, queue: Receiver<Line>) {
-    // `for` on a Receiver waits for the next line and stops once every sender is dropped.
-    for line in queue {
+fn write_messages(writer: &Writer, lines: Receiver<Line>) {
+    // `for` on a Receiver waits for the next line and stops once the sender is dropped.
+    for line in lines {
         if writer.write_line(&line).is_err() {
             return;
         }

@@ -7,7 +7,7 @@
 //!
 //! 1. The lock is held only for quick work on the table: insert, remove, and `try_send` a line
 //!    into each outbox (which never waits). Never while reading or writing a socket, never while
-//!    printing or starting a thread. So no thread can keep the others waiting on the lock.
+//!    printing. So no thread can keep the others waiting on the lock.
 //! 2. Joining the room returns a [`Seat`], a guard that removes the client when it is dropped.
 //!    Rust drops it however the client's thread ends: a `return`, or a panic unwinding the stack
 //!    (`PANIC`). A crashed thread cannot leave a dead client in the table.
@@ -27,8 +27,8 @@ struct Member {
     /// The client's socket, so that the room can shut it down: to wake its thread at server
     /// shutdown, or to cut off a client too slow to read what is sent to it.
     socket: Arc<TcpStream>,
-    /// The client's outbox (see `outbox.rs`), shared with the client's own thread.
-    outbox: Arc<Outbox>,
+    /// The client's outbox (see `outbox.rs`): its writer thread writes what we put in it.
+    outbox: Outbox,
 }
 
 /// The table of connected clients. Shared by every thread through an `Arc`.
@@ -52,7 +52,7 @@ impl Room {
 
     /// Adds client `id`, reachable through `socket` and `outbox`, and returns its seat. The
     /// client leaves the room when the seat is dropped.
-    pub fn join(&self, id: u64, socket: Arc<TcpStream>, outbox: Arc<Outbox>) -> Seat<'_> {
+    pub fn join(&self, id: u64, socket: Arc<TcpStream>, outbox: Outbox) -> Seat<'_> {
         self.members().insert(id, Member { socket, outbox });
         Seat { room: self, id }
     }
@@ -67,10 +67,12 @@ impl Room {
     /// room and its socket is shut down (what IRC servers call "SendQ exceeded"), so that it
     /// cannot make the others wait or make the server hold ever more lines for it.
     pub fn say(&self, from: u64, text: &str) -> Result<(), String> {
+        // Task 3: the chat room behind a lock.
+        // Lock the table, try_send the line into every other client's outbox (never wait), cut
+        // off the clients whose outbox is full, and print only once the lock is released.
         let mut line = protocol::msg(from, text).into_bytes();
         line.push(b'\n');
         let mut too_slow = Vec::new();
-        let mut delivered = Vec::new();
         {
             let mut members = self.members();
             for (&id, member) in members.iter() {
@@ -78,7 +80,7 @@ impl Room {
                     continue;
                 }
                 match member.outbox.try_send(line.clone()) {
-                    Ok(()) => delivered.push(Arc::clone(&member.outbox)),
+                    Ok(()) => {}
                     Err(TrySendError::Full(_)) => too_slow.push(id),
                     // Its writer thread has stopped: the client is leaving; its seat removes it.
                     Err(TrySendError::Disconnected(_)) => {}
@@ -90,16 +92,14 @@ impl Room {
                     let _ = member.socket.shutdown(Shutdown::Both);
                 }
             }
-        } // the lock is released here, before we print anything or start a thread
-        for outbox in delivered {
-            outbox.start_writer(); // the first line a client is sent starts its writer thread
-        }
+        } // the lock is released here, before we print anything
         for id in too_slow {
             narrate!(
                 "client {id} has {OUTBOX_LINES} lines waiting and reads none: disconnected it"
             );
         }
         Ok(())
+        // End of task 3.
     }
 
     /// Server shutdown: shuts down the read side of every client's socket, so that each client
@@ -131,7 +131,7 @@ impl Drop for Seat<'_> {
                 self.id
             );
         }
-        drop(left); // our handle on the socket and the outbox, outside the lock
+        drop(left); // the socket and the outbox, outside the lock: its writer thread ends
     }
 }
 
@@ -139,6 +139,12 @@ impl Drop for Seat<'_> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// An outbox without a writer thread: the test reads the lines itself.
+    fn outbox_for_test(_id: u64, lines: usize) -> (Outbox, mpsc::Receiver<Vec<u8>>) {
+        mpsc::sync_channel(lines)
+    }
 
     fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -150,8 +156,8 @@ mod tests {
     #[test]
     fn say_reaches_the_others_and_not_the_sender() {
         let room = Room::default();
-        let (a_tx, a_rx) = Outbox::for_test(1, 4);
-        let (b_tx, b_rx) = Outbox::for_test(2, 4);
+        let (a_tx, a_rx) = outbox_for_test(1, 4);
+        let (b_tx, b_rx) = outbox_for_test(2, 4);
         let _a = room.join(1, socket_pair().0, a_tx);
         let _b = room.join(2, socket_pair().0, b_tx);
         room.say(1, "hi").unwrap();
@@ -162,7 +168,7 @@ mod tests {
     #[test]
     fn a_full_outbox_gets_its_client_disconnected_without_waiting() {
         let room = Room::default();
-        let (slow_tx, _slow_rx) = Outbox::for_test(2, 1);
+        let (slow_tx, _slow_rx) = outbox_for_test(2, 1);
         let (socket, mut peer) = socket_pair();
         let _slow = room.join(2, socket, slow_tx);
         room.say(1, "one").unwrap(); // fills the outbox of 1 line
@@ -175,11 +181,11 @@ mod tests {
     #[test]
     fn a_poisoned_room_still_works_and_a_panicking_thread_leaves_it() {
         let room = Arc::new(Room::default());
-        let (tx, rx) = Outbox::for_test(1, 4);
+        let (tx, rx) = outbox_for_test(1, 4);
         let _stays = room.join(1, socket_pair().0, tx);
         let crashing = Arc::clone(&room);
         let result = std::thread::spawn(move || {
-            let (tx, _rx) = Outbox::for_test(2, 4);
+            let (tx, _rx) = outbox_for_test(2, 4);
             let _seat = crashing.join(2, socket_pair().0, tx);
             let _guard = crashing.members.lock().unwrap();
             panic!("a bug while holding the lock");

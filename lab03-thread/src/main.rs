@@ -159,21 +159,45 @@ fn main() {
         };
         let id = next_id;
         next_id += 1;
-        match &mut threads {
+        threads.hand_over((stream, peer, id), &state, max_clients);
+    }
+
+    // Stop: no new clients (the listener is shut down). Wake every client thread blocked in
+    // read(): each gets end-of-file, sees the stop flag, sends BYE and ends.
+    drop(listener_watch);
+    let woken = state.room.wake_all();
+    narrate!("shutting down: woke {woken} client(s); waiting for their threads to say BYE");
+    let still_running = threads.finish(SHUTDOWN_GRACE);
+    if still_running > 0 {
+        narrate!("{still_running} thread(s) did not finish in time; exiting anyway");
+    } else {
+        narrate!("every thread has finished; exiting");
+    }
+    // Returning from main ends the process, and with it any thread still running.
+}
+
+impl Threads {
+    /// Gives the client just accepted a thread: a new one, or a place in the pool's queue. Past
+    /// `max_clients`, refuses it.
+    fn hand_over(
+        &mut self,
+        (stream, peer, id): Accepted,
+        state: &Arc<SharedState>,
+        max_clients: usize,
+    ) {
+        match self {
             Threads::PerClient(running) => {
                 running.retain(|t| !t.is_finished()); // forget the threads that have ended
                 if running.len() >= max_clients {
                     let why = format!("{max_clients} client threads already (--max-clients)");
                     refuse(&stream, id, &why);
-                    continue;
+                    return;
                 }
-                match spawn_client_thread(stream, peer, id, &state) {
+                match spawn_client_thread(stream, peer, id, state) {
                     Ok(thread) => {
                         running.push(thread);
-                        narrate!(
-                            "accepted client {id} from {peer}; started thread client-{id} ({} client threads)",
-                            running.len()
-                        );
+                        let count = running.len();
+                        narrate!("accepted client {id} from {peer}; started thread client-{id} ({count} client threads)");
                     }
                     // EAGAIN: out of threads or memory. The socket was dropped with the closure
                     // that owned it: the client sees the connection close.
@@ -194,21 +218,13 @@ fn main() {
         }
     }
 
-    // Stop: no new clients (the listener is shut down). Wake every client thread blocked in
-    // read(): each gets end-of-file, sees the stop flag, sends BYE and ends.
-    drop(listener_watch);
-    let woken = state.room.wake_all();
-    narrate!("shutting down: woke {woken} client(s); waiting for their threads to say BYE");
-    let still_running = match threads {
-        Threads::PerClient(running) => pool::join_within(running, SHUTDOWN_GRACE),
-        Threads::Pool(pool) => pool.shut_down(SHUTDOWN_GRACE),
-    };
-    if still_running > 0 {
-        narrate!("{still_running} thread(s) did not finish in time; exiting anyway");
-    } else {
-        narrate!("every thread has finished; exiting");
+    /// At shutdown: waits at most `grace` for the threads to end; returns how many had not.
+    fn finish(self, grace: Duration) -> usize {
+        match self {
+            Threads::PerClient(running) => pool::join_within(running, grace),
+            Threads::Pool(pool) => pool.shut_down(grace),
+        }
     }
-    // Returning from main ends the process, and with it any thread still running.
 }
 
 /// Starts a thread that serves client `id` to the end, and returns its handle.

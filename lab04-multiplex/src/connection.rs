@@ -87,6 +87,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        self.output = Vec::new(); // all sent: an idle client holds no memory here
         Ok(())
         // End of task 2.
     }

@@ -38,7 +38,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::framing::Frame;
+use common::framing::{Frame, LineFramer};
 use common::protocol::{self, Request};
 use common::session::{self, Client, Next};
 use common::{narrate, signals, Model};
@@ -247,6 +247,9 @@ impl EventLoop {
                     client.closing = Some("sent QUIT".into()); // the rest it sent is ignored
                     return Ok(());
                 }
+            }
+            if !client.input.has_partial_line() {
+                client.input = LineFramer::new(); // nothing pending: give the memory back
             }
             if !self.args.edge || signals::requested() {
                 return Ok(());

@@ -20,16 +20,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::readiness::{Interest, Readiness, Ready};
 
 /// The pollfd array.
+#[derive(Default)]
 pub struct Poll {
     fds: Vec<PollFd<'static>>,
 }
 
 impl Poll {
-    /// An empty array.
-    pub fn new() -> Self {
-        Poll { fds: Vec::new() }
-    }
-
     /// Where `fd` sits in the array. A linear search: each wait scans the whole array anyway.
     fn position(&self, fd: RawFd) -> Option<usize> {
         self.fds.iter().position(|p| p.as_fd().as_raw_fd() == fd)
@@ -38,12 +34,8 @@ impl Poll {
 
 fn flags(interest: Interest) -> PollFlags {
     let mut flags = PollFlags::empty();
-    if interest.read {
-        flags |= PollFlags::POLLIN;
-    }
-    if interest.write {
-        flags |= PollFlags::POLLOUT;
-    }
+    flags.set(PollFlags::POLLIN, interest.read);
+    flags.set(PollFlags::POLLOUT, interest.write);
     flags
 }
 

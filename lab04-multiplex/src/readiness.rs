@@ -29,8 +29,8 @@ pub enum Api {
 /// Makes an empty set of watched descriptors for `api`; `edge` asks epoll for edge triggering.
 pub fn open(api: Api, edge: bool) -> io::Result<Box<dyn Readiness>> {
     Ok(match api {
-        Api::Select => Box::new(crate::select::Select::new()),
-        Api::Poll => Box::new(crate::poll::Poll::new()),
+        Api::Select => Box::<crate::select::Select>::default(),
+        Api::Poll => Box::<crate::poll::Poll>::default(),
         Api::Epoll => Box::new(crate::epoll::Epoll::new(edge)?),
     })
 }

@@ -26,6 +26,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use crate::readiness::{Interest, Readiness, Ready};
 
 /// The watched descriptors, as select wants them.
+#[derive(Default)]
 pub struct Select {
     /// Descriptors to report readable / writable ("master" copies; select gets a copy).
     read_set: FdSet<'static>,
@@ -33,17 +34,6 @@ pub struct Select {
     /// Every descriptor watched, in order: the highest one gives `nfds`, and after select
     /// returns we check each one's bits.
     watched: BTreeSet<RawFd>,
-}
-
-impl Select {
-    /// An empty set.
-    pub fn new() -> Self {
-        Select {
-            read_set: FdSet::new(),
-            write_set: FdSet::new(),
-            watched: BTreeSet::new(),
-        }
-    }
 }
 
 /// The descriptor as the `BorrowedFd` nix's `FdSet` takes.

@@ -203,6 +203,9 @@ impl Ipc {
 
     /// In the parent, at the end (no child is left): removes every object of this server.
     pub fn remove(self) {
+        // Task 4: remove every IPC object of this server when it stops.
+        // First what crashed children left (`remove_leftovers_of`, for each member still on the
+        // board), then the shared memory (munmap + shm_unlink, or shmdt + IPC_RMID) and the queue.
         for member in self.board().members(0) {
             self.remove_leftovers_of(member.pid);
         }
@@ -222,6 +225,7 @@ impl Ipc {
                 report_removal(&what, sysv::remove_queue(queue.id));
             }
         }
+        // End of task 4.
     }
 }
 
@@ -252,6 +256,9 @@ impl Mailbox {
         buf: &mut [u8],
         mut deliver: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        // Task 3: take every message out of our mailbox (mq_receive, or msgrcv of our type).
+        // Until the queue is empty (EAGAIN, ENOMSG). System V: empty the chat pipe first, and
+        // after taking any message out, wake (sysv::wake) the members waiting for room.
         if let Inbox::Sysv(_, pipe) = &self.inbox {
             sysv::empty_pipe(pipe);
         }
@@ -278,6 +285,7 @@ impl Mailbox {
             }
         }
         Ok(())
+        // End of task 3.
     }
 
     /// Closes our mailbox and leaves the board: `mq_close` + `mq_unlink`, or drops the System V

@@ -316,6 +316,9 @@ impl Shared for Child<'_> {
     /// most [`SEND_WAIT`] in all, while we keep taking out our own mail: its sender may be
     /// waiting for room too, so two children sending to each other never wait on each other.
     fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
+        // Task 2: put the SAY in every other child's mailbox (mq_send, or msgsnd).
+        // `Recipient::try_send` never blocks; while some are full, wait for room (`self.wait`)
+        // and take out our own mail meanwhile, until SEND_WAIT is over: then name who missed it.
         if self.mailbox.is_none() {
             return Err("the chat is not available to this client".into());
         }
@@ -364,5 +367,6 @@ impl Shared for Child<'_> {
         let (who, wait) = (who.join(", "), SEND_WAIT.as_millis());
         let plural = if delivered == 1 { "" } else { "s" };
         Err(format!("client {who} missed it: queue full for {wait} ms; delivered to {delivered} other client{plural}"))
+        // End of task 2.
     }
 }

@@ -56,6 +56,9 @@ impl SharedMemory {
     /// `shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)` + `ftruncate` + `mmap`. `O_EXCL`: fail
     /// with EEXIST rather than share an object someone else made.
     pub fn create(name: &str) -> nix::Result<SharedMemory> {
+        // Task 1: create the shared memory: shm_open, ftruncate, mmap.
+        // A new object reads as zeros: an empty board. `Self::map` does the mmap; if anything
+        // fails, shm_unlink what was made, so that nothing is left behind.
         let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC;
         let fd = shm_open(name, flags, Mode::S_IRUSR | Mode::S_IWUSR)?;
         let mapped = nix::unistd::ftruncate(&fd, SIZE as i64).and_then(|()| Self::map(fd));
@@ -63,6 +66,7 @@ impl SharedMemory {
             let _ = shm_unlink(name); // do not leave a half-made object behind
         }
         mapped
+        // End of task 1.
     }
 
     /// Maps the existing object `name` (a dead server's, to read its board). EINVAL if it is

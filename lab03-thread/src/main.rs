@@ -30,7 +30,7 @@ mod outbox;
 mod pool;
 mod room;
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::TrySendError;
@@ -41,7 +41,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::cli::ServerArgs;
 use common::session::{self, Client, Shared};
-use common::{narrate, protocol, signals, Model};
+use common::{narrate, signals, Model};
 
 use crate::pool::Pool;
 use crate::room::Room;
@@ -250,7 +250,7 @@ fn start_pool(size: usize, waiting: usize, state: &Arc<SharedState>) -> Pool<Acc
     let state = Arc::clone(state);
     let serve = move |(stream, peer, id): Accepted| {
         if signals::requested() {
-            let _ = session::send_line(&mut &stream, &protocol::bye(""));
+            let _ = (&stream).write_all(b"BYE\n");
             return;
         }
         serve_client(stream, peer, id, &state);
@@ -267,7 +267,7 @@ fn start_pool(size: usize, waiting: usize, state: &Arc<SharedState>) -> Pool<Acc
 /// Says `ERR server full` and closes: better than a silent close, and no thread is started.
 fn refuse(stream: &TcpStream, id: u64, why: &str) {
     narrate!("refused client {id}: {why}");
-    let _ = session::send_line(&mut &*stream, &protocol::err("server full"));
+    let _ = (&*stream).write_all(b"ERR server full\n");
     // The socket is closed when the caller drops `stream`.
 }
 

@@ -72,7 +72,7 @@ impl Connection {
     /// Writes what is waiting until it is all sent or the kernel's buffer is full. Returns
     /// `Ok` in both cases: what is left stays in `output` for when the socket is writable again.
     pub fn write_pending(&mut self) -> io::Result<()> {
-        // Task 2: keep what the kernel does not take.
+        // Task 2: a client's output buffer: keep what the kernel does not take.
         // A non-blocking write may take only part of the buffer (the client reads slowly and the
         // kernel's socket buffer is full), or nothing (WouldBlock). Remove what was written,
         // keep the rest, and never wait.

@@ -323,7 +323,7 @@ impl EventLoop {
         if let Some(ending) = ending {
             return self.close(fd, &ending);
         }
-        // Task 3: watch for writability only while output waits.
+        // Task 3: write interest: watch for writability only while output waits.
         // Read unless we are done reading; ask about writability only while output waits: a
         // socket with room is *always* writable, so watching it otherwise would wake us forever.
         let want = Interest {

@@ -391,6 +391,9 @@ fn stops_cleanly_on(signal: Signal) {
     assert!(!shm_objects_of(server.pid()).is_empty());
     let pids: Vec<i32> = clients.iter().map(Client::serving_pid).collect();
 
+    // No other server starts until we have looked: a starting server removes what a dead one
+    // left behind, which would hide objects this one forgot.
+    let _no_cleanup = startup_lock(true);
     let status = server.stop_with(signal, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "exit status after {signal}");
     for client in &mut clients {
@@ -702,6 +705,7 @@ fn concurrent_incr_from_four_pipelining_clients_counts_every_request_once() {
 #[test]
 fn sigterm_during_a_sleep_cuts_it_short_and_exits_zero() {
     let mut server = start(&[]);
+    let _no_cleanup = startup_lock(true); // as in stops_cleanly_on
     observe::sigterm_cuts_a_sleep_short(&mut server, "ipc-server");
     assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
 }
@@ -844,6 +848,7 @@ fn sysv_sigterm_removes_the_segment_the_queue_and_every_child() {
     assert_eq!((shm.len(), msg.len()), (1, 1));
     let pids: Vec<i32> = clients.iter().map(Client::serving_pid).collect();
 
+    let _no_cleanup = startup_lock(true); // as in stops_cleanly_on
     let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     for client in &mut clients {
@@ -990,6 +995,7 @@ fn sysv_concurrent_incr_from_four_pipelining_clients_counts_every_request_once()
 #[test]
 fn sysv_sigterm_during_a_sleep_cuts_it_short_and_exits_zero() {
     let mut server = start(&SYSV);
+    let _no_cleanup = startup_lock(true); // as in stops_cleanly_on
     observe::sigterm_cuts_a_sleep_short(&mut server, "ipc-server --ipc sysv");
     assert_eq!(sysv_objects_of(server.pid()), (vec![], vec![]));
 }

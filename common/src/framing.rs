@@ -106,11 +106,6 @@ impl LineFramer {
         self.buf.len() - self.start
     }
 
-    /// How many bytes the framer's buffer has room for (what it costs in memory).
-    pub fn capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-
     /// Called at end of stream: true if an unfinished line (no `\n` yet) was left behind.
     pub fn has_partial_line(&self) -> bool {
         self.pending_bytes() > 0 || self.discarding

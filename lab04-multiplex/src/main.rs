@@ -167,21 +167,14 @@ impl EventLoop {
     /// Registers a newly accepted client with the readiness API, and greets it.
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let fd = stream.as_raw_fd();
-        if !self.readiness.can_watch(fd) {
-            narrate!(
-                "refused a client from {peer}: its descriptor {fd} does not fit in select()'s \
-                 fd_set (FD_SETSIZE = {}); sent ERR server full",
-                nix::sys::select::FD_SETSIZE
-            );
-            accept::refuse(stream);
-            return;
-        }
         if let Err(e) = accept::prepare(&stream, self.args.send_buffer) {
             narrate!("cannot set up the socket of {peer}: {e}; closing it");
             return;
         }
+        // A descriptor select() cannot watch (see `select.rs`), or the kernel out of memory.
         if let Err(e) = self.readiness.add(fd, Interest::READ) {
-            narrate!("cannot watch the socket of {peer}: {e}; closing it");
+            narrate!("refused a client from {peer}: {e}; sent ERR server full");
+            accept::refuse(stream);
             return;
         }
         let mut client = Connection::new(stream, self.next_id, Interest::READ);

@@ -70,11 +70,7 @@ pub struct Ready {
 /// The caller must `remove` a descriptor before closing it: the backends keep its number, and
 /// a number can be reused by the next `accept`.
 pub trait Readiness {
-    /// Whether this API can watch descriptor `fd` at all (select cannot past FD_SETSIZE).
-    fn can_watch(&self, fd: RawFd) -> bool {
-        fd >= 0
-    }
-    /// Starts watching `fd`.
+    /// Starts watching `fd` (select cannot past FD_SETSIZE: an error says so).
     fn add(&mut self, fd: RawFd, interest: Interest) -> io::Result<()>;
     /// Changes what we want to hear about `fd`.
     fn modify(&mut self, fd: RawFd, interest: Interest) -> io::Result<()>;

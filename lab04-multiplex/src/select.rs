@@ -11,8 +11,7 @@
 //! call, we scan each one after), however few are ready. And an `fd_set` has a fixed size,
 //! FD_SETSIZE = 1024 bits: a descriptor numbered 1024 or more does not fit. Setting its bit in C
 //! writes past the end of the bitmap (memory corruption); nix's `FdSet::insert` panics instead.
-//! So [`Readiness::can_watch`] says no, and the event loop refuses that client with
-//! `ERR server full` before it ever gets here.
+//! So `add` says no, and the event loop refuses that client with `ERR server full`.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -45,13 +44,11 @@ fn borrow(fd: RawFd) -> BorrowedFd<'static> {
 }
 
 impl Readiness for Select {
-    fn can_watch(&self, fd: RawFd) -> bool {
-        fd >= 0 && (fd as usize) < FD_SETSIZE
-    }
-
     fn add(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        if !self.can_watch(fd) {
-            let e = format!("descriptor {fd} is past select()'s FD_SETSIZE ({FD_SETSIZE})");
+        if fd < 0 || fd as usize >= FD_SETSIZE {
+            let e = format!(
+                "its descriptor {fd} does not fit in select()'s fd_set (FD_SETSIZE = {FD_SETSIZE})"
+            );
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e)); // not a panic in insert
         }
         self.watched.insert(fd);

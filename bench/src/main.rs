@@ -1004,3 +1004,31 @@ fn shell(argv: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "?".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_measures_a_server_of_every_lab_and_both_baselines() {
+        let args = Cli::parse_from(["bench", "--quick"]).run;
+        let plan = Plan::from(args).expect("--quick is a valid plan");
+        let packages: Vec<Option<&str>> = plan.targets.iter().map(|t| t.package).collect();
+        for lab in [
+            "lab01-iterative",
+            "lab02-fork",
+            "lab03-thread",
+            "lab04-multiplex",
+            "lab05-ipc",
+        ] {
+            assert!(
+                packages.contains(&Some(lab)),
+                "--quick measures no server of {lab}"
+            );
+        }
+        let names: Vec<&str> = plan.targets.iter().map(|t| t.name).collect();
+        for name in ["select", "poll", "epoll", "tokio-ct", "tokio-mt"] {
+            assert!(names.contains(&name), "--quick leaves out {name}");
+        }
+    }
+}

@@ -24,8 +24,11 @@ pub enum Kind {
 /// The server's IPC objects: made by the parent before any `fork()`, so every child inherits the
 /// mapping (and the queue's id); removed by the parent at the end.
 pub enum Ipc {
-    /// A shared-memory object; each child makes its own queue, named after `server` and itself.
-    Posix { memory: SharedMemory, server: u32 },
+    /// A shared-memory object; each child makes its own queue, named after `server_pid` and itself.
+    Posix {
+        memory: SharedMemory,
+        server_pid: u32,
+    },
     /// A segment, and the server's one message queue.
     Sysv { segment: Segment, queue: MsgQueue },
 }
@@ -58,25 +61,25 @@ enum Via {
 
 impl Ipc {
     /// Creates the shared memory (and, for System V, the one queue and the SIGUSR1 handler).
-    pub fn create(kind: Kind, server: u32, max_children: u32) -> Result<Ipc, String> {
+    pub fn create(kind: Kind, server_pid: u32, max_children: u32) -> Result<Ipc, String> {
         let bytes = std::mem::size_of::<Board>();
         let what = format!("{bytes} bytes: the INCR counter and the board of {SLOTS} children");
         if kind == Kind::Posix {
-            let name = posix::shm_name(server);
+            let name = posix::shm_name(server_pid);
             let memory = SharedMemory::create(&name)
                 .map_err(|e| format!("cannot create shared memory {name}: {e}"))?;
             narrate!("created shared memory {name} ({what})");
             explain_queue_budget(max_children);
-            return Ok(Ipc::Posix { memory, server });
+            return Ok(Ipc::Posix { memory, server_pid });
         }
         sysv::install_wake_handler()
             .map_err(|e| format!("cannot install SIGUSR1's handler: {e}"))?;
-        let key = sysv::key(sysv::Object::Memory, server);
+        let key = sysv::key(sysv::Object::Memory, server_pid);
         let segment = Segment::create(key)
             .map_err(|e| format!("cannot create System V segment key {key:#010x}: {e}"))?;
         let id = segment.id;
         narrate!("created System V shared memory: key {key:#010x} shmid {id} ({what})");
-        let key = sysv::key(sysv::Object::Queue, server);
+        let key = sysv::key(sysv::Object::Queue, server_pid);
         let queue = MsgQueue::create(key).map_err(|e| {
             let _ = sysv::remove_segment(id);
             format!("cannot create System V message queue key {key:#010x}: {e}")
@@ -98,8 +101,8 @@ impl Ipc {
     /// either fails.
     pub fn open_mailbox(&self, pid: i32, client: u64) -> Option<Mailbox> {
         let opened = match *self {
-            Ipc::Posix { server, .. } => {
-                self.open_queue(posix::queue_name(server, pid), pid, client)
+            Ipc::Posix { server_pid, .. } => {
+                self.open_queue(posix::queue_name(server_pid, pid), pid, client)
             }
             Ipc::Sysv { queue, .. } => self.open_pipe(queue, pid, client),
         };
@@ -153,8 +156,8 @@ impl Ipc {
         let mut recipients = Vec::new();
         for member in self.board().members(me) {
             let via = match *self {
-                Ipc::Posix { server, .. } => {
-                    let name = posix::queue_name(server, member.pid);
+                Ipc::Posix { server_pid, .. } => {
+                    let name = posix::queue_name(server_pid, member.pid);
                     match posix::Queue::open_for_sending(&name) {
                         Ok(queue) => Via::Posix(queue),
                         Err(Errno::ENOENT) => continue,
@@ -185,8 +188,8 @@ impl Ipc {
         // Leave the board first, so that no new sender finds that child.
         self.board().leave(pid);
         match self {
-            Ipc::Posix { server, .. } => {
-                let name = posix::queue_name(*server, pid);
+            Ipc::Posix { server_pid, .. } => {
+                let name = posix::queue_name(*server_pid, pid);
                 if posix::remove_queue(&name).is_ok() {
                     narrate!("removed message queue {name}, which child {pid} left behind");
                 }
@@ -210,9 +213,9 @@ impl Ipc {
             self.remove_leftovers_of(member.pid);
         }
         match self {
-            Ipc::Posix { memory, server } => {
+            Ipc::Posix { memory, server_pid } => {
                 drop(memory); // munmap
-                let name = posix::shm_name(server);
+                let name = posix::shm_name(server_pid);
                 let removed = posix::remove_memory(&name);
                 report_removal(&format!("shared memory {name}"), removed);
             }

@@ -34,10 +34,10 @@ fn owner(file_name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&pid| pid > 0)
 }
 
-/// Whether an object of server `server` is a leftover: its server is gone, or has our own pid
+/// Whether an object of server `server_pid` is a leftover: its server is gone, or has our own pid
 /// (an earlier server's, since we have not made ours yet).
-fn is_stale(server: u32, me: u32) -> bool {
-    server == me || !is_alive(server)
+fn is_stale(server_pid: u32, me: u32) -> bool {
+    server_pid == me || !is_alive(server_pid)
 }
 
 /// Removes the POSIX objects of dead servers; returns how many.
@@ -54,28 +54,30 @@ pub fn remove_stale_posix(me: u32) -> usize {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
     {
-        let Some(server) = owner(&file).filter(|&server| is_stale(server, me)) else {
+        let Some(server_pid) = owner(&file).filter(|&server_pid| is_stale(server_pid, me)) else {
             continue;
         };
         let name = format!("/{file}");
-        if name == posix::shm_name(server) {
+        if name == posix::shm_name(server_pid) {
             if let Ok(memory) = SharedMemory::open_existing(&name) {
                 for child in memory.board().members(0) {
-                    removed += remove_stale_queue(&posix::queue_name(server, child.pid), server);
+                    removed +=
+                        remove_stale_queue(&posix::queue_name(server_pid, child.pid), server_pid);
                 }
             }
         }
-        let what = format!("stale shared memory {name} (its server, pid {server}, is gone)");
+        let what = format!("stale shared memory {name} (its server, pid {server_pid}, is gone)");
         removed += usize::from(report_removal(&what, posix::remove_memory(&name)));
     }
     removed
 }
 
-fn remove_stale_queue(name: &str, server: u32) -> usize {
+fn remove_stale_queue(name: &str, server_pid: u32) -> usize {
     match posix::remove_queue(name) {
         Err(Errno::ENOENT) => 0, // that child had removed it, or never made it
         result => {
-            let what = format!("stale message queue {name} (its server, pid {server}, is gone)");
+            let what =
+                format!("stale message queue {name} (its server, pid {server_pid}, is gone)");
             usize::from(report_removal(&what, result))
         }
     }
@@ -95,10 +97,10 @@ pub fn remove_stale_sysv(me: u32) -> usize {
             let (Some(key), Some(id), Some(owner_uid)) = (field(0), field(1), field(7)) else {
                 continue;
             };
-            let Some((found, server)) = sysv::owner(key as i32) else {
+            let Some((found, server_pid)) = sysv::owner(key as i32) else {
                 continue;
             };
-            if found != kind || owner_uid != i64::from(uid) || !is_stale(server, me) {
+            if found != kind || owner_uid != i64::from(uid) || !is_stale(server_pid, me) {
                 continue;
             }
             let (what, result) = match kind {
@@ -106,7 +108,7 @@ pub fn remove_stale_sysv(me: u32) -> usize {
                 Object::Queue => ("message queue", sysv::remove_queue(id as i32)),
             };
             let what = format!(
-                "stale System V {what} key {key:#010x} id {id} (its server, pid {server}, is gone)"
+                "stale System V {what} key {key:#010x} id {id} (its server, pid {server_pid}, is gone)"
             );
             removed += usize::from(report_removal(&what, result));
         }

@@ -35,14 +35,14 @@ pub const MESSAGE_SIZE: i64 = 4160;
 /// What one queue costs against `RLIMIT_MSGQUEUE`: its slots and the kernel's bookkeeping.
 pub const BYTES_PER_QUEUE: u64 = QUEUE_DEPTH as u64 * (MESSAGE_SIZE as u64 + 96);
 
-/// The shared-memory object of server `server`.
-pub fn shm_name(server: u32) -> String {
-    format!("/{PREFIX}{server}-shm")
+/// The shared-memory object of server `server_pid`.
+pub fn shm_name(server_pid: u32) -> String {
+    format!("/{PREFIX}{server_pid}-shm")
 }
 
-/// The message queue of child `child` of server `server`.
-pub fn queue_name(server: u32, child: i32) -> String {
-    format!("/{PREFIX}{server}-child-{child}")
+/// The message queue of child `child` of server `server_pid`.
+pub fn queue_name(server_pid: u32, child: i32) -> String {
+    format!("/{PREFIX}{server_pid}-child-{child}")
 }
 
 /// A mapping of a shared-memory object holding a [`Board`]; unmapped when dropped.

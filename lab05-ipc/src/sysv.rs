@@ -44,9 +44,9 @@ pub enum Object {
     Queue = 2,  // `ipcs -q`
 }
 
-/// The key of server `server`'s object of `kind`. A pid has at most seven digits.
-pub fn key(kind: Object, server: u32) -> i32 {
-    let digits = i32::from_str_radix(&format!("{server:07}"), 16).expect("a pid has 7 digits");
+/// The key of server `server_pid`'s object of `kind`. A pid has at most seven digits.
+pub fn key(kind: Object, server_pid: u32) -> i32 {
+    let digits = i32::from_str_radix(&format!("{server_pid:07}"), 16).expect("a pid has 7 digits");
     ((kind as i32) << 28) | digits
 }
 

@@ -334,10 +334,14 @@ impl Recipient {
 
 /// Says how many POSIX queues this user's budget holds, and warns if `--max-children` is more.
 fn explain_queue_budget(max_children: u32) {
-    let (cost, budget) = (posix::BYTES_PER_QUEUE, posix::queue_budget().unwrap_or(0));
+    let cost = posix::BYTES_PER_QUEUE;
+    let Some(budget) = posix::queue_budget() else {
+        narrate!("each child's message queue costs {cost} bytes; RLIMIT_MSGQUEUE is unlimited");
+        return;
+    };
     let fit = budget / cost;
     narrate!("each child's message queue costs {cost} bytes of this user's {budget}-byte RLIMIT_MSGQUEUE: {fit} queues fit; --max-children is {max_children}");
-    if u64::from(max_children) > fit && budget > 0 {
+    if u64::from(max_children) > fit {
         common::narration::warn(format_args!("--max-children {max_children} is more than the {fit} queues that fit; the last children will get no chat messages"));
     }
 }

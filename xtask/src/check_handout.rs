@@ -1,0 +1,325 @@
+//! `cargo xtask check-handout`: every task of the handout is graded by some test.
+//!
+//! For each lab with marked tasks, in one scratch copy of the workspace (`target/check-handout/ws`):
+//!
+//! 1. the reference passes the lab's test file;
+//! 2. for each task alone, the copy with only that task stubbed fails at least one test of the
+//!    lab: the map task → failing tests is printed and written into GRADING.md; a task that no
+//!    test notices is a defect of the tests (non-zero exit);
+//! 3. the handout of the lab (every task stubbed) passes `cargo clippy -D warnings` and fails its
+//!    test file (we rerun only the tests the tasks made fail).
+//!
+//! Why one copy, changed in place from variant to variant, with one target dir: the harness
+//! (`tests::binary`) builds a lab's binaries at test time and runs them from the target dir, so two
+//! variants must never share a target dir *at the same time*; one after another they can, and the
+//! copy's fixed path keeps every crate but the changed lab fresh, so a variant costs one lab's
+//! rebuild and its test run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::handout;
+use crate::libtest::{self, LabRun};
+use crate::markers::{self, Task};
+use crate::points::{self, Points};
+use crate::workspace::{self, Lab};
+
+/// GRADING.md's generated section lies between these lines.
+pub const BEGIN: &str =
+    "<!-- begin: written by `cargo xtask check-handout`; edits here are replaced -->";
+pub const END: &str = "<!-- end: written by `cargo xtask check-handout` -->";
+
+/// One task's finding.
+#[derive(Debug, Clone)]
+pub struct TaskFinding {
+    pub lab: String,
+    pub number: u32,
+    pub title: String,
+    pub failing: Vec<String>,
+}
+
+pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let started = Instant::now();
+    let points = Points::load(&root)?;
+    let grading = points::grading_md_rows(&std::fs::read_to_string(root.join("GRADING.md"))?)?;
+    let differences = points::compare(&points, &grading);
+    if !differences.is_empty() {
+        bail!(
+            "GRADING.md's tables and tests/points.toml differ (change both together):\n  {}",
+            differences.join("\n  ")
+        );
+    }
+    let chosen = workspace::chosen_labs(&root, labs)?;
+    let mut marked: Vec<(Lab, Vec<Task>)> = Vec::new();
+    for lab in chosen {
+        let tasks = workspace::lab_tasks(&root, &lab)?;
+        if tasks.is_empty() {
+            println!("{}: no marked task: nothing to hand out", lab.name);
+        } else {
+            marked.push((lab, tasks));
+        }
+    }
+    let scratch = root.join("target/check-handout");
+    let ws = scratch.join("ws");
+    let target = scratch.join("target");
+    let mut findings = Vec::new();
+    let mut defects = Vec::new();
+    if !marked.is_empty() {
+        if ws.exists() {
+            std::fs::remove_dir_all(&ws)
+                .with_context(|| format!("cannot clear {}", ws.display()))?;
+        }
+        workspace::copy_workspace(&root, &ws)?;
+    }
+    for (lab, tasks) in &marked {
+        let table = points.lab(&lab.name)?;
+        let test_file = table.test_file.as_str();
+        let reference_files = task_files(&root, tasks)?;
+        let run = |label: &str, only: Option<&[String]>| -> anyhow::Result<LabRun> {
+            let run = libtest::run_lab(&ws, Some(&target), test_file, only, limit)?;
+            println!(
+                "{} {label}: {} run, {} failed ({:.0} s){}",
+                lab.name,
+                run.outcomes.len(),
+                run.failed().len(),
+                run.elapsed.as_secs_f64(),
+                run.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            Ok(run)
+        };
+
+        // 1. The reference.
+        let reference = run("reference", None)?;
+        if reference.error.is_some() || !reference.failed().is_empty() {
+            defects.push(format!(
+                "{}: the reference fails --test {test_file}: {}",
+                lab.name,
+                reference
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| reference.failed().join(", "))
+            ));
+            continue;
+        }
+
+        // 2. Each task alone.
+        let mut noticed: Vec<String> = Vec::new();
+        for task in tasks {
+            write_variant(&ws, lab, &reference_files, tasks, Some(task.number))?;
+            let variant = run(&format!("without task {}", task.number), None)?;
+            let failing: Vec<String> = variant.failed().into_iter().map(String::from).collect();
+            if failing.is_empty() {
+                defects.push(format!(
+                    "{} task {} ({}): no test of --test {test_file} fails without it",
+                    lab.name, task.number, task.title
+                ));
+            }
+            for name in &failing {
+                if !noticed.contains(name) {
+                    noticed.push(name.clone());
+                }
+            }
+            findings.push(TaskFinding {
+                lab: lab.name.clone(),
+                number: task.number,
+                title: task.title.clone(),
+                failing,
+            });
+        }
+
+        // 3. The handout of the lab: clippy-clean, and failing.
+        write_variant(&ws, lab, &reference_files, tasks, None)?;
+        let clippy = clippy(&ws, &target, &lab.dir, limit)?;
+        if let Some(problem) = clippy {
+            defects.push(format!(
+                "{}: the handout does not pass clippy: {problem}",
+                lab.name
+            ));
+        }
+        if !noticed.is_empty() {
+            let handout = run("handout", Some(&noticed))?;
+            if handout.error.is_none() && handout.failed().is_empty() {
+                defects.push(format!(
+                    "{}: the handout passes --test {test_file}",
+                    lab.name
+                ));
+            }
+        }
+        restore(&ws, &reference_files)?;
+    }
+
+    print!("{}", map_table(&findings));
+    if !findings.is_empty() {
+        let grading = root.join("GRADING.md");
+        let text = std::fs::read_to_string(&grading)?;
+        let updated = with_map(&text, &map_table(&findings));
+        if updated != text {
+            std::fs::write(&grading, updated)?;
+            println!("GRADING.md: the map of tasks to tests is updated");
+        }
+    }
+    println!(
+        "check-handout took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if !defects.is_empty() {
+        bail!(
+            "the handout is not fully graded:\n  {}",
+            defects.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The reference text of each file that holds a task.
+fn task_files(root: &Path, tasks: &[Task]) -> anyhow::Result<BTreeMap<PathBuf, String>> {
+    let mut files = BTreeMap::new();
+    for task in tasks {
+        if !files.contains_key(&task.file) {
+            files.insert(
+                task.file.clone(),
+                std::fs::read_to_string(root.join(&task.file))?,
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// Writes into `ws` the lab with one task stubbed (`Some(n)`) or all of them (`None`, with the
+/// handout's crate-level allow), from the reference's text.
+fn write_variant(
+    ws: &Path,
+    lab: &Lab,
+    reference: &BTreeMap<PathBuf, String>,
+    tasks: &[Task],
+    only: Option<u32>,
+) -> anyhow::Result<()> {
+    restore(ws, reference)?;
+    if only.is_none() {
+        let (files, _) = handout::stub_labs(ws, std::slice::from_ref(lab))?;
+        for (file, text) in files {
+            std::fs::write(ws.join(&file), text)?;
+        }
+        return Ok(());
+    }
+    for (file, text) in reference {
+        let mut stubbed: Vec<Task> = tasks
+            .iter()
+            .filter(|t| &t.file == file && Some(t.number) == only)
+            .cloned()
+            .collect();
+        if stubbed.is_empty() {
+            continue;
+        }
+        stubbed.sort_by_key(|t| t.begin_line);
+        std::fs::write(
+            ws.join(file),
+            markers::stub(text, &lab.name, &lab.dir, &stubbed),
+        )?;
+    }
+    Ok(())
+}
+
+fn restore(ws: &Path, reference: &BTreeMap<PathBuf, String>) -> anyhow::Result<()> {
+    for (file, text) in reference {
+        let path = ws.join(file);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            std::fs::write(&path, text)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cargo clippy -p <lab> --all-targets -- -D warnings` in `ws`: `None` when clean.
+fn clippy(
+    ws: &Path,
+    target: &Path,
+    package: &str,
+    limit: Duration,
+) -> anyhow::Result<Option<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(ws)
+        .args([
+            "clippy",
+            "-p",
+            package,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", target)
+        .env("CARGO_TERM_COLOR", "never");
+    let finished = libtest::run_bounded(command, limit)?;
+    Ok((!finished.success).then(|| finished.first_error()))
+}
+
+/// The map as a Markdown table.
+pub fn map_table(findings: &[TaskFinding]) -> String {
+    let mut table = String::from("| lab | task | tests that fail without it |\n|---|---|---|\n");
+    for f in findings {
+        let tests = if f.failing.is_empty() {
+            "**none: no test grades this task**".to_string()
+        } else {
+            f.failing
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        table.push_str(&format!(
+            "| {} | {}: {} | {} |\n",
+            f.lab, f.number, f.title, tests
+        ));
+    }
+    table
+}
+
+/// GRADING.md with `table` between [`BEGIN`] and [`END`] (the section is added at the end the
+/// first time).
+pub fn with_map(text: &str, table: &str) -> String {
+    if let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) {
+        if begin < end {
+            return format!("{}{BEGIN}\n{table}{}", &text[..begin], &text[end..]);
+        }
+    }
+    format!(
+        "{}\n\n## Which tests grade which task\n\n\
+         Each task of the handout, and the tests that fail when only that task is missing (the rest of\n\
+         the lab whole), as `cargo xtask check-handout` measures it:\n\n{BEGIN}\n{table}{END}\n",
+        text.trim_end()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_map_replaces_its_own_section_only() {
+        let findings = vec![TaskFinding {
+            lab: "lab02".into(),
+            number: 1,
+            title: "fork a child per client".into(),
+            failing: vec!["three_clients".into()],
+        }];
+        let first = with_map("# Guide\n\nText.\n", &map_table(&findings));
+        assert!(first.starts_with("# Guide\n\nText.\n\n## Which tests grade which task\n"));
+        assert!(first.contains("| lab02 | 1: fork a child per client | `three_clients` |\n"));
+        let mut again = findings.clone();
+        again[0].failing.push("reaps".into());
+        let second = with_map(&(first.clone() + "\n## Later\n"), &map_table(&again));
+        assert!(second.contains("`three_clients`, `reaps` |\n<!-- end"));
+        assert!(second.ends_with("\n## Later\n"));
+        assert_eq!(second.matches("## Which tests grade which task").count(), 1);
+    }
+}

@@ -9,11 +9,13 @@
 //! 3. the handout of the lab (every task stubbed) passes `cargo clippy -D warnings` and fails its
 //!    test file (we rerun only the tests the tasks made fail).
 //!
-//! Why one copy, changed in place from variant to variant, with one target dir: the harness
-//! (`tests::binary`) builds a lab's binaries at test time and runs them from the target dir, so two
-//! variants must never share a target dir *at the same time*; one after another they can, and the
-//! copy's fixed path keeps every crate but the changed lab fresh, so a variant costs one lab's
-//! rebuild and its test run.
+//! Why one copy, changed in place from variant to variant, with a target dir of its own: the
+//! harness (`tests::binary`) builds a lab's binaries at test time and runs them from the target
+//! dir's `debug/`, so two variants must never use one target dir *at the same time*; one after
+//! another they can, and the copy's fixed path keeps every crate but the changed lab fresh, so a
+//! variant costs one lab's rebuild and its test run. The reference's own `target/` is not shared:
+//! cargo does not copy a fresh binary back into `debug/` when another workspace overwrote it there,
+//! so the reference's tests would then run a stubbed server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,20 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default()
             );
+            // The reasons, once each, so a surprising result can be read without a rerun.
+            let mut reasons: Vec<&str> = run
+                .outcomes
+                .values()
+                .filter_map(|o| match o {
+                    libtest::Outcome::Failed(reason) => Some(reason.as_str()),
+                    libtest::Outcome::Passed => None,
+                })
+                .collect();
+            reasons.sort_unstable();
+            reasons.dedup();
+            for reason in reasons.iter().take(4) {
+                println!("    {reason}");
+            }
             Ok(run)
         };
 
@@ -113,6 +129,15 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
         let mut noticed: Vec<String> = Vec::new();
         for task in tasks {
             write_variant(&ws, lab, &reference_files, tasks, Some(task.number))?;
+            // A variant that does not build would fail every test for the wrong reason.
+            if let Some(error) = build(&ws, &target, &lab.dir, limit)? {
+                defects.push(format!(
+                    "{} task {} ({}): the lab does not build with this task stubbed (mark whole \
+                     statements whose bindings nothing after the task uses): {error}",
+                    lab.name, task.number, task.title
+                ));
+                continue;
+            }
             let variant = run(&format!("without task {}", task.number), None)?;
             let failing: Vec<String> = variant.failed().into_iter().map(String::from).collect();
             if failing.is_empty() {
@@ -235,6 +260,24 @@ fn restore(ws: &Path, reference: &BTreeMap<PathBuf, String>) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// `cargo build -p <lab> --bins` in `ws`: `None` when it builds, else the first error.
+fn build(
+    ws: &Path,
+    target: &Path,
+    package: &str,
+    limit: Duration,
+) -> anyhow::Result<Option<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(ws)
+        .args(["build", "-p", package, "--bins"])
+        .env("CARGO_TARGET_DIR", target)
+        .env("CARGO_TERM_COLOR", "never");
+    let finished = libtest::run_bounded(command, limit)?;
+    Ok((!finished.success).then(|| finished.first_error()))
 }
 
 /// `cargo clippy -p <lab> --all-targets -- -D warnings` in `ws`: `None` when clean.

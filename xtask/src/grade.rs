@@ -578,7 +578,8 @@ bonus = [{ points = 2, tests = ["extra"] }]
             "{text}"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&render(std::slice::from_ref(&grade), Format::Json).unwrap()).unwrap();
+            serde_json::from_str(&render(std::slice::from_ref(&grade), Format::Json).unwrap())
+                .unwrap();
         assert_eq!(json["labs"][0]["points"], 80.0);
         let junit = render(std::slice::from_ref(&grade), Format::Junit).unwrap();
         assert!(

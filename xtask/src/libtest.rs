@@ -46,11 +46,15 @@ impl Finished {
 
     /// The first `error` line cargo printed, or the tail of stderr.
     pub fn first_error(&self) -> String {
-        self.stderr
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .map(str::to_string)
-            .unwrap_or_else(|| self.stderr_tail(3))
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        match lines.iter().position(|l| l.starts_with("error")) {
+            // With its place (` --> file:line:column`) when cargo gives one.
+            Some(at) => match lines.get(at + 1).map(|l| l.trim_start()) {
+                Some(place) if place.starts_with("-->") => format!("{} {place}", lines[at]),
+                _ => lines[at].to_string(),
+            },
+            None => self.stderr_tail(3),
+        }
     }
 }
 

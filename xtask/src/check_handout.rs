@@ -14,8 +14,9 @@
 //! dir's `debug/`, so two variants must never use one target dir *at the same time*; one after
 //! another they can, and the copy's fixed path keeps every crate but the changed lab fresh, so a
 //! variant costs one lab's rebuild and its test run. The reference's own `target/` is not shared:
-//! cargo does not copy a fresh binary back into `debug/` when another workspace overwrote it there,
-//! so the reference's tests would then run a stubbed server.
+//! cargo names a package's artifacts the same in every copy of the workspace, so a copy building
+//! there would replace the reference's binaries, and the reference's tests would run a stubbed
+//! server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -253,8 +253,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let points = Points::load(&reference)?;
     let limit = Duration::from_secs(options.timeout_secs);
     let labs = options.labs.as_deref();
-    // Scratch copies and their builds live under the reference's target/, reused from one
-    // submission to the next (the same path, so cargo rebuilds only what changed).
+    // A submission is copied under the reference's target/ and built in a target dir of its own
+    // (cargo names a package's artifacts the same in every copy of a workspace, so sharing the
+    // reference's would replace its binaries), reused from one submission to the next: the
+    // dependencies are built once per class.
     let scratch_root = reference.join("target/grade");
     let scratch = scratch_root.join("submission");
     let target_dir = scratch_root.join("target");

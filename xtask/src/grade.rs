@@ -122,12 +122,10 @@ pub fn score(name: &str, lab: &points::Lab, run: &libtest::LabRun) -> anyhow::Re
         }
     }
     let earned = |bonus: bool| -> f64 {
-        let sum: f64 = results
+        add(results
             .iter()
             .filter(|r| r.passed && r.bonus == bonus)
-            .map(|r| r.points)
-            .sum();
-        (sum * 10.0).round() / 10.0
+            .map(|r| r.points))
     };
     Ok(LabGrade {
         lab: name.to_string(),
@@ -338,8 +336,8 @@ fn grade_class(
         match graded {
             Ok(grades) => {
                 row.extend(grades.iter().map(|g| format!("{}", g.points)));
-                let bonus: f64 = grades.iter().map(|g| g.bonus).sum();
-                let total: f64 = grades.iter().map(|g| g.points).sum();
+                let bonus = add(grades.iter().map(|g| g.bonus));
+                let total = add(grades.iter().map(|g| g.points));
                 let max: u32 = grades.iter().map(|g| g.max_points).sum();
                 let reasons: Vec<String> = grades
                     .iter()
@@ -376,6 +374,12 @@ fn grade_class(
     Ok(())
 }
 
+/// A sum of points that is 0, not -0, when there is nothing to add (f64's `Sum` starts at -0.0),
+/// rounded to a tenth.
+fn add(points: impl Iterator<Item = f64>) -> f64 {
+    (points.fold(0.0, |a, b| a + b) * 10.0).round() / 10.0
+}
+
 fn csv_field(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", field.replace('"', "\"\""))
@@ -402,9 +406,9 @@ fn xml_escape(text: &str) -> String {
 /// The grades in one of the output formats.
 pub fn render(grades: &[LabGrade], format: Format) -> anyhow::Result<String> {
     let mut out = String::new();
-    let total: f64 = grades.iter().map(|g| g.points).sum();
+    let total = add(grades.iter().map(|g| g.points));
     let max: u32 = grades.iter().map(|g| g.max_points).sum();
-    let bonus: f64 = grades.iter().map(|g| g.bonus).sum();
+    let bonus = add(grades.iter().map(|g| g.bonus));
     match format {
         Format::Table => {
             for g in grades {
@@ -425,7 +429,10 @@ pub fn render(grades: &[LabGrade], format: Format) -> anyhow::Result<String> {
                 if let Some(reason) = &g.reason {
                     writeln!(out, "       {reason}")?;
                 }
-                for r in g.results.iter().filter(|r| !r.passed) {
+                // A lab that failed as a whole has said why once, above.
+                let failed_alone =
+                    |r: &&TestResult| !r.passed && (g.reason.is_none() || r.reason != g.reason);
+                for r in g.results.iter().filter(failed_alone) {
                     writeln!(
                         out,
                         "       FAILED {}{} (-{:.1}): {}",

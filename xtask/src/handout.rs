@@ -428,4 +428,117 @@ fn helper() -> u32 {
             ".ci/run runs the same script"
         );
     }
+
+    /// The section of `text` under `heading` (`## ...`), up to the next `## `.
+    fn section<'a>(text: &'a str, heading: &str) -> Option<&'a str> {
+        let start = text.find(&format!("\n{heading}\n"))? + 1;
+        let rest = &text[start + heading.len()..];
+        let end = rest.find("\n## ").map_or(rest.len(), |i| i + 1);
+        Some(&rest[..end])
+    }
+
+    /// A title as a marker and a heading both write it: no backquotes, no final period, any case.
+    fn plain(title: &str) -> String {
+        title
+            .replace('`', "")
+            .trim()
+            .trim_end_matches('.')
+            .to_lowercase()
+    }
+
+    /// Each lab tutorial's "Build it yourself" section, and its Korean chapter's, follow the lab's
+    /// markers: one `### Task N: <title>` per task, in order, with the marker's title (in English),
+    /// and every `cargo test -p tests --test <file> <name>` in it names a graded test of that lab.
+    /// A lab whose tasks are marked but whose tutorials have no such section yet is let through
+    /// (`cargo xtask handout` still works); one language without the other is not.
+    #[test]
+    fn the_tutorials_task_sections_follow_the_markers() {
+        let root = workspace_root();
+        let points = Points::load(&root).unwrap();
+        let mut problems = Vec::new();
+        for lab in workspace::labs(&root).unwrap() {
+            let tasks = workspace::lab_tasks(&root, &lab).unwrap();
+            let korean = std::fs::read_dir(root.join("book/ko/src/labs"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&lab.name)
+                });
+            let english = std::fs::read_to_string(root.join(&lab.dir).join("README.md")).unwrap();
+            let korean_text = korean
+                .as_ref()
+                .map(|p| std::fs::read_to_string(p).unwrap())
+                .unwrap_or_default();
+            let sections = [
+                (
+                    format!("{}/README.md", lab.dir),
+                    section(&english, "## Build it yourself"),
+                ),
+                (
+                    korean
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    section(&korean_text, "## 직접 만들어 보기"),
+                ),
+            ];
+            if sections[0].1.is_some() != sections[1].1.is_some() {
+                problems.push(format!(
+                    "{}: the task sections are in one language only (\"## Build it yourself\" in the README, \"## 직접 만들어 보기\" in the Korean chapter)",
+                    lab.name
+                ));
+            }
+            for (file, body) in sections {
+                let Some(body) = body else { continue };
+                let headings: Vec<&str> = body
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("### "))
+                    .collect();
+                let expected: Vec<String> = tasks
+                    .iter()
+                    .map(|t| format!("Task {}: {}", t.number, t.title))
+                    .collect();
+                let numbers_match = headings.len() == expected.len()
+                    && headings.iter().zip(&expected).all(|(h, e)| {
+                        let (h_number, h_title) = h.split_once(':').unwrap_or((h, ""));
+                        let (e_number, e_title) = e.split_once(':').unwrap();
+                        h_number == e_number
+                            && (file.contains("/ko/") || plain(h_title) == plain(e_title))
+                    });
+                if !numbers_match {
+                    problems.push(format!(
+                        "{file}: its task headings {headings:?} are not the lab's markers {expected:?}"
+                    ));
+                }
+                let graded: Vec<&str> = points
+                    .labs
+                    .get(&lab.name)
+                    .map(|l| l.tests().collect())
+                    .unwrap_or_default();
+                let test_file = points
+                    .labs
+                    .get(&lab.name)
+                    .map(|l| l.test_file.as_str())
+                    .unwrap_or("?");
+                for command in body.split("cargo test -p tests --test ").skip(1) {
+                    // Up to the end of the code span: the file, then maybe a test's name.
+                    let span = command.split('`').next().unwrap_or("");
+                    let mut words = span.split_whitespace();
+                    let file_named = words.next().unwrap_or("");
+                    let name = words.next();
+                    if file_named != test_file || name.is_some_and(|n| !graded.contains(&n)) {
+                        problems.push(format!(
+                            "{file}: `cargo test -p tests --test {span}` does not name {} or a graded test of it (tests/points.toml)",
+                            lab.name
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 }

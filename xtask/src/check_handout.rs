@@ -42,6 +42,8 @@ pub struct TaskFinding {
     pub number: u32,
     pub title: String,
     pub failing: Vec<String>,
+    /// The tests that still pass without the task.
+    pub passing: Vec<String>,
 }
 
 pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
@@ -156,6 +158,12 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
                 lab: lab.name.clone(),
                 number: task.number,
                 title: task.title.clone(),
+                passing: variant
+                    .outcomes
+                    .iter()
+                    .filter(|(_, o)| **o == libtest::Outcome::Passed)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
                 failing,
             });
         }
@@ -311,14 +319,27 @@ fn clippy(
 pub fn map_table(findings: &[TaskFinding]) -> String {
     let mut table = String::from("| lab | task | tests that fail without it |\n|---|---|---|\n");
     for f in findings {
-        let tests = if f.failing.is_empty() {
-            "**none: no test grades this task**".to_string()
-        } else {
-            f.failing
+        let list = |tests: &[String]| {
+            tests
                 .iter()
                 .map(|t| format!("`{t}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        let tests = if f.failing.is_empty() {
+            "**none: no test grades this task**".to_string()
+        } else if f.passing.is_empty() {
+            format!("all {}", f.failing.len())
+        } else if f.failing.len() > f.passing.len() {
+            // A task the lab cannot run without fails most tests: name the few that pass.
+            format!(
+                "{} of {}, all but {}",
+                f.failing.len(),
+                f.failing.len() + f.passing.len(),
+                list(&f.passing)
+            )
+        } else {
+            list(&f.failing)
         };
         table.push_str(&format!(
             "| {} | {}: {} | {} |\n",
@@ -355,14 +376,22 @@ mod tests {
             number: 1,
             title: "fork a child per client".into(),
             failing: vec!["three_clients".into()],
+            passing: vec![],
         }];
         let first = with_map("# Guide\n\nText.\n", &map_table(&findings));
         assert!(first.starts_with("# Guide\n\nText.\n\n## Which tests grade which task\n"));
-        assert!(first.contains("| lab02 | 1: fork a child per client | `three_clients` |\n"));
+        assert!(first.contains("| lab02 | 1: fork a child per client | all 1 |\n"));
         let mut again = findings.clone();
         again[0].failing.push("reaps".into());
+        again[0].passing = vec!["help".into(), "demo".into()];
         let second = with_map(&(first.clone() + "\n## Later\n"), &map_table(&again));
-        assert!(second.contains("`three_clients`, `reaps` |\n<!-- end"));
+        assert!(
+            second.contains("| `three_clients`, `reaps` |\n<!-- end"),
+            "{second}"
+        );
+        let mut most = again.clone();
+        most[0].passing.truncate(1);
+        assert!(map_table(&most).contains("| 2 of 3, all but `help` |"));
         assert!(second.ends_with("\n## Later\n"));
         assert_eq!(second.matches("## Which tests grade which task").count(), 1);
     }

@@ -263,7 +263,8 @@ fn backquoted(cell: &str) -> impl Iterator<Item = &str> {
     cell.split('`').skip(1).step_by(2).filter(|s| !s.is_empty())
 }
 
-/// Every difference between points.toml and GRADING.md, one line each, naming the lab and row.
+/// Every difference between points.toml and GRADING.md, one line each, naming the lab and the
+/// row (a row is known by its tests, so one inserted row does not shift every row after it).
 pub fn compare(points: &Points, grading: &BTreeMap<String, GradingLab>) -> Vec<String> {
     let mut differences = Vec::new();
     for (name, lab) in &points.labs {
@@ -284,29 +285,49 @@ pub fn compare(points: &Points, grading: &BTreeMap<String, GradingLab>) -> Vec<S
             ("row", &lab.rows, &shown.rows),
             ("bonus row", &lab.bonus, &shown.bonus),
         ] {
-            for index in 0..ours.len().max(theirs.len()) {
-                let describe =
-                    |row: &Row| format!("{} points for {}", row.points, row.tests.join(", "));
-                match (ours.get(index), theirs.get(index)) {
-                    (Some(a), Some(b)) if a == b => {}
-                    (Some(a), Some(b)) => differences.push(format!(
-                        "{name} {kind} {}: GRADING.md has {}, points.toml has {}",
-                        index + 1,
-                        describe(b),
-                        describe(a)
+            let tests = |row: &Row| row.tests.join(", ");
+            for (index, row) in theirs.iter().enumerate() {
+                match ours.iter().find(|r| r.tests == row.tests) {
+                    Some(r) if r.points == row.points => {}
+                    Some(r) => differences.push(format!(
+                        "{name} {kind} `{}`: GRADING.md gives {} points, points.toml {}",
+                        tests(row),
+                        row.points,
+                        r.points
                     )),
-                    (Some(a), None) => differences.push(format!(
-                        "{name} {kind} {}: only in points.toml: {}",
+                    None => differences.push(format!(
+                        "{name} {kind} {} of GRADING.md ({} points for `{}`): not in points.toml",
                         index + 1,
-                        describe(a)
+                        row.points,
+                        tests(row)
                     )),
-                    (None, Some(b)) => differences.push(format!(
-                        "{name} {kind} {}: only in GRADING.md: {}",
-                        index + 1,
-                        describe(b)
-                    )),
-                    (None, None) => {}
                 }
+            }
+            for (index, row) in ours.iter().enumerate() {
+                if !theirs.iter().any(|r| r.tests == row.tests) {
+                    differences.push(format!(
+                        "{name} {kind} {} of points.toml ({} points for `{}`): not in GRADING.md",
+                        index + 1,
+                        row.points,
+                        tests(row)
+                    ));
+                }
+            }
+            let same_rows = ours.len() == theirs.len()
+                && ours
+                    .iter()
+                    .zip(theirs.iter())
+                    .all(|(a, b)| a.tests == b.tests);
+            let same_set = ours
+                .iter()
+                .all(|r| theirs.iter().any(|t| t.tests == r.tests))
+                && theirs
+                    .iter()
+                    .all(|t| ours.iter().any(|r| r.tests == t.tests));
+            if same_set && !same_rows {
+                differences.push(format!(
+                    "{name}: the {kind}s are the same but in another order: keep GRADING.md's order in points.toml"
+                ));
             }
         }
     }
@@ -375,12 +396,20 @@ Bonus:
         let renamed = grading_md_rows(&MD.replace("`serves_two`", "`serves_three`")).unwrap();
         assert_eq!(
             compare(&points, &renamed),
-            ["lab09 row 1: GRADING.md has 60 points for serves_three, points.toml has 60 points for serves_two"]
+            [
+                "lab09 row 1 of GRADING.md (60 points for `serves_three`): not in points.toml",
+                "lab09 row 1 of points.toml (60 points for `serves_two`): not in GRADING.md"
+            ]
+        );
+        let reweighted = grading_md_rows(&MD.replace("| 60 |", "| 50 |")).unwrap();
+        assert_eq!(
+            compare(&points, &reweighted),
+            ["lab09 row `serves_two`: GRADING.md gives 50 points, points.toml 60"]
         );
         let missing = grading_md_rows(&MD.replace("| 2 | `extra` | more |\n", "")).unwrap();
         assert_eq!(
             compare(&points, &missing),
-            ["lab09 bonus row 1: only in points.toml: 2 points for extra"]
+            ["lab09 bonus row 1 of points.toml (2 points for `extra`): not in GRADING.md"]
         );
     }
 

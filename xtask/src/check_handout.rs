@@ -128,6 +128,11 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
             continue;
         }
 
+        // The table grades tests this file has (a renamed test would silently score nothing).
+        if let Err(error) = crate::grade::score(&lab.name, table, &reference) {
+            defects.push(format!("{}: {error}", lab.name));
+        }
+
         // 2. Each task alone.
         let mut noticed: Vec<String> = Vec::new();
         for task in tasks {

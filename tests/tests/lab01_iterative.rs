@@ -74,13 +74,14 @@ fn a_sleep_delays_the_client_queued_behind_it() {
     let mut sleeper = server.greeted();
     // The sleeper asks for a slow task and then leaves, in one write: nothing the test does
     // holds the server up, only the SLEEP.
+    let sent = Instant::now();
     sleeper.send_raw(b"SLEEP 1500\nQUIT\n");
-    let queued_at = Instant::now();
     let mut behind = server.connect();
     behind.read_hello();
-    let waited = queued_at.elapsed();
+    // The SLEEP began after `sent`, and the next client is greeted only after it ended.
+    let waited = sent.elapsed();
     assert!(
-        waited >= Duration::from_millis(800),
+        waited >= Duration::from_millis(1500),
         "greeted after only {waited:?} of a 1,500 ms SLEEP"
     );
     assert_eq!(sleeper.read_reply().unwrap(), "OK slept 1500");

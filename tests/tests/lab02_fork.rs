@@ -139,6 +139,24 @@ fn two_hundred_clients_one_after_another_leave_no_zombie_and_no_descriptor() {
 }
 
 #[test]
+fn twenty_clients_that_leave_at_once_are_all_reaped() {
+    let server = Server::start(SERVER, &[]);
+    let clients: Vec<Client> = (0..20).map(|_| server.greeted()).collect();
+    let pids: BTreeSet<i32> = clients.iter().map(Client::serving_pid).collect();
+    assert_eq!(pids.len(), 20, "twenty children");
+    // All hang up at once: twenty children end together, and their SIGCHLDs merge (a signal
+    // is not queued), so one SIGCHLD must be taken to mean "one or more children ended".
+    drop(clients);
+    let clean = wait_until(Duration::from_secs(10), || server.children().is_empty());
+    assert!(
+        clean,
+        "children left: {:?}, zombies among them: {:?}",
+        server.children(),
+        procfs::zombie_children_of(server.pid())
+    );
+}
+
+#[test]
 fn a_panic_kills_one_child_and_the_others_are_still_served() {
     let server = Server::start(SERVER, &["--allow-panic"]);
     let mut doomed = server.greeted();

@@ -217,8 +217,14 @@ impl EventLoop {
         touched: &mut Vec<RawFd>,
     ) -> io::Result<()> {
         for _ in 0..READS_PER_TURN {
-            if client.closing.is_some() || client.over_cap() {
-                return Ok(()); // done reading, or about to be cut off (see `write_and_watch`)
+            if client.closing.is_some() {
+                return Ok(()); // done reading
+            }
+            if client.over_cap() {
+                // Enough replies wait: write them before reading more (`write_and_watch` cuts the
+                // client off if they stay over the cap). Edge-triggered, the input left unread
+                // must still be announced again: end the turn below, not here.
+                break;
             }
             let n = match (&client.stream).read(&mut self.read_buffer) {
                 Ok(0) => {

@@ -104,7 +104,8 @@ fn fork_per_client(
             reap(children);
         });
         // Sleep until a client is in the accept queue, and accept it. A signal wakes us first if
-        // a child ended (loop to reap it) or we must stop.
+        // a child ended (loop to reap it) or we must stop; one that came since we last looked
+        // was held blocked, and wakes us at once (see the top of this file).
         let Some((stream, peer)) = parent_signals.accept(&listener) else {
             continue;
         };

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tests::{
-    help_listing, procfs, run_binary, run_client, run_demo, Client, Demo, Server, SHARED_FLAGS,
+    help_listing, procfs, run_binary, run_client, run_demo, run_with_timeout, tool, Client, Demo,
+    Server, SHARED_FLAGS,
 };
 
 const SERVER: &str = "iterative-server";
@@ -384,4 +385,46 @@ fn each_client_gets_a_positive_client_id() {
         assert!(client.client_id() > 0);
         assert_eq!(client.request("QUIT"), "OK bye");
     }
+}
+
+#[test]
+fn out_of_descriptors_the_server_keeps_the_client_waiting_and_serves_it_once_it_can() {
+    let server = Server::start(SERVER, &[]);
+    // The lowest descriptor number the server has free: the one accept() gives the next client.
+    let open: std::collections::BTreeSet<u64> =
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .expect("the server's /proc/<pid>/fd")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+    let next = (0..).find(|fd| !open.contains(fd)).unwrap();
+    let prlimit = |soft: u64| {
+        let mut command = tool("prlimit");
+        command.args([
+            format!("--nofile={soft}:"),
+            format!("--pid={}", server.pid()),
+        ]);
+        let (status, _, stderr) = run_with_timeout(command, Duration::from_secs(10));
+        assert!(status.success(), "prlimit: {stderr}");
+    };
+    // While it serves a first client (holding that descriptor, not waiting in accept()), lower
+    // its soft limit on open files (ulimit -n) to that number: once the first client leaves,
+    // accept() has no descriptor to give the next one (EMFILE).
+    let mut first = server.greeted();
+    assert_eq!(first.request("ECHO busy"), "OK busy");
+    let (soft, _) = tests::raise_descriptor_limit();
+    prlimit(next);
+    assert_eq!(first.request("QUIT"), "OK bye");
+    let mut client = server.connect();
+    assert!(
+        client.still_waiting(Duration::from_millis(500)),
+        "no descriptor for the client, so no HELLO"
+    );
+    assert!(
+        procfs::alive(server.pid()),
+        "a failing accept() does not stop the server"
+    );
+    // Descriptors again: the waiting client is served.
+    prlimit(soft);
+    client.read_hello();
+    assert_eq!(client.request("ECHO served"), "OK served");
 }

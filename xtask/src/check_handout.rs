@@ -2,7 +2,8 @@
 //!
 //! For each lab with marked tasks, in one scratch copy of the workspace (`target/check-handout/ws`):
 //!
-//! 1. the reference passes the lab's test file;
+//! 1. the reference passes the lab's test file (a test that fails and then passes when run again
+//!    alone is reported as depending on the machine's load, and the check goes on);
 //! 2. for each task alone, the copy with only that task stubbed fails at least one test of the
 //!    lab: the map task → failing tests is printed and written into GRADING.md; a task that no
 //!    test notices is a defect of the tests (non-zero exit);
@@ -109,13 +110,33 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
             reasons.sort_unstable();
             reasons.dedup();
             for reason in reasons.iter().take(4) {
-                println!("    {reason}");
+                let short: String = reason.chars().take(160).collect();
+                println!("    {short}");
             }
             Ok(run)
         };
 
         // 1. The reference.
-        let reference = run("reference", None)?;
+        let mut reference = run("reference", None)?;
+        let failed: Vec<String> = reference.failed().into_iter().map(String::from).collect();
+        if reference.error.is_none() && !failed.is_empty() {
+            // `cargo test` has already held the reference to every test; a test that fails here
+            // and passes when run again alone failed for the machine's load, not for the code.
+            // Say so (it is worth a look), and go on checking the tasks.
+            let again = run("reference, its failed tests again", Some(&failed))?;
+            if again.error.is_none() && again.failed().is_empty() {
+                println!(
+                    "warning: {}: {} failed once and passed when run again: a test that depends on the machine's load?",
+                    lab.name,
+                    failed.join(", ")
+                );
+                for name in &failed {
+                    reference
+                        .outcomes
+                        .insert(name.clone(), libtest::Outcome::Passed);
+                }
+            }
+        }
         if reference.error.is_some() || !reference.failed().is_empty() {
             defects.push(format!(
                 "{}: the reference fails --test {test_file}: {}",

@@ -43,6 +43,8 @@ pub struct Options {
     /// The labs to grade, e.g. lab02,lab05 (default: every lab in tests/points.toml).
     #[arg(long, value_delimiter = ',')]
     labs: Option<Vec<String>>,
+    /// How to print the grades: a table for people; json, csv (one line per test) or junit for
+    /// tools. (--submissions always writes its CSV, one row per student.)
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// The longest a lab's build, or its test run, may take before it is stopped and its

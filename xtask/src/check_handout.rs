@@ -219,7 +219,8 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
     if !findings.is_empty() {
         let grading = root.join("GRADING.md");
         let text = std::fs::read_to_string(&grading)?;
-        let updated = with_map(&text, &map_table(&findings));
+        let checked: Vec<&str> = marked.iter().map(|(lab, _)| lab.name.as_str()).collect();
+        let updated = with_map(&text, &merged_table(&text, &checked, &findings));
         if updated != text {
             std::fs::write(&grading, updated)?;
             println!("GRADING.md: the map of tasks to tests is updated");
@@ -375,6 +376,44 @@ pub fn map_table(findings: &[TaskFinding]) -> String {
     table
 }
 
+/// The map for GRADING.md: the rows of the labs checked now, and the rows already there of the
+/// labs not checked this time (`--labs`), in lab order.
+pub fn merged_table(text: &str, checked: &[&str], findings: &[TaskFinding]) -> String {
+    let fresh = map_table(findings);
+    let (header, _) = fresh.split_at(fresh.find("|---|---|---|\n").map_or(0, |i| i + 14));
+    let mut rows: Vec<String> = fresh[header.len()..].lines().map(String::from).collect();
+    if let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) {
+        if begin < end {
+            for line in text[begin..end].lines() {
+                let lab = line
+                    .trim_start_matches('|')
+                    .split('|')
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+                if lab.starts_with("lab") && lab.len() == 5 && !checked.contains(&lab) {
+                    rows.push(line.to_string());
+                }
+            }
+        }
+    }
+    // Stable: within a lab, the rows keep their task order.
+    rows.sort_by_key(|row| {
+        row.trim_start_matches('|')
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    });
+    let mut table = header.to_string();
+    for row in rows {
+        table.push_str(&row);
+        table.push('\n');
+    }
+    table
+}
+
 /// GRADING.md with `table` between [`BEGIN`] and [`END`] (the section is added at the end the
 /// first time).
 pub fn with_map(text: &str, table: &str) -> String {
@@ -420,5 +459,18 @@ mod tests {
         assert!(map_table(&most).contains("| 2 of 3, all but `help` |"));
         assert!(second.ends_with("\n## Later\n"));
         assert_eq!(second.matches("## Which tests grade which task").count(), 1);
+        // Checking lab03 alone keeps lab02's rows.
+        let lab03 = TaskFinding {
+            lab: "lab03".into(),
+            number: 1,
+            title: "a thread per client".into(),
+            failing: vec!["threads".into()],
+            passing: vec![],
+        };
+        let merged = merged_table(&second, &["lab03"], &[lab03]);
+        assert_eq!(
+            merged.lines().skip(2).map(|l| &l[..9]).collect::<Vec<_>>(),
+            ["| lab02 |", "| lab03 |"]
+        );
     }
 }

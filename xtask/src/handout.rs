@@ -201,8 +201,17 @@ pub fn with_readme_section(readme: &str, section: &str) -> String {
 }
 
 /// Writes the handout of `labs` (all labs when `None`) into `dest`.
-pub fn run(dest: &Path, labs: Option<&[String]>) -> anyhow::Result<Vec<HandedOut>> {
+pub fn run(dest: &Path, labs: Option<&[String]>, force: bool) -> anyhow::Result<Vec<HandedOut>> {
     let root = workspace_root();
+    // A folder with files in it may be someone's work (a student's copy, an earlier handout
+    // they changed): never write over it by mistake.
+    let occupied = std::fs::read_dir(dest).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !force {
+        bail!(
+            "{} is not empty: choose a new folder, or pass --force to write the handout over it",
+            dest.display()
+        );
+    }
     let handout = write(&root, dest, labs)?;
     println!("handout written to {}", dest.display());
     if handout.is_empty() {

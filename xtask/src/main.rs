@@ -39,6 +39,9 @@ enum Task {
         /// The labs to hand out, e.g. lab02,lab05 (default: all).
         #[arg(long, value_delimiter = ',')]
         labs: Option<Vec<String>>,
+        /// Write into DIR even if it is not empty (its files of the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Check that every task is graded: the reference passes each lab's tests, the handout fails
     /// them, and each task alone makes at least one named test fail (the map goes into GRADING.md).
@@ -66,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::InstallTools => install_tools(),
-        Task::Handout { dir, labs } => handout::run(&dir, labs.as_deref()).map(drop),
+        Task::Handout { dir, labs, force } => handout::run(&dir, labs.as_deref(), force).map(drop),
         Task::CheckHandout { labs, timeout_secs } => {
             check_handout::run(labs.as_deref(), Duration::from_secs(timeout_secs))
         }

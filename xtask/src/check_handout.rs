@@ -7,8 +7,8 @@
 //! 2. for each task alone, the copy with only that task stubbed fails at least one test of the
 //!    lab: the map task → failing tests is printed and written into GRADING.md; a task that no
 //!    test notices is a defect of the tests (non-zero exit);
-//! 3. the handout of the lab (every task stubbed) passes `cargo clippy -D warnings` and fails its
-//!    test file (we rerun only the tests the tasks made fail).
+//! 3. the handout of the lab (every task stubbed) is formatted, passes `cargo clippy -D
+//!    warnings`, and fails its test file (we rerun only the tests the tasks made fail).
 //!
 //! Why one copy, changed in place from variant to variant, with a target dir of its own: the
 //! harness (`tests::binary`) builds a lab's binaries at test time and runs them from the target
@@ -203,6 +203,12 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
                 lab.name
             ));
         }
+        if let Some(problem) = fmt_check(&ws, &lab.dir, limit)? {
+            defects.push(format!(
+                "{}: the handout is not as cargo fmt writes it: {problem}",
+                lab.name
+            ));
+        }
         if !noticed.is_empty() {
             let handout = run("handout", Some(&noticed))?;
             if handout.error.is_none() && handout.failed().is_empty() {
@@ -314,6 +320,25 @@ fn build(
         .env("CARGO_TERM_COLOR", "never");
     let finished = libtest::run_bounded(command, limit)?;
     Ok((!finished.success).then(|| finished.first_error()))
+}
+
+/// `cargo fmt -p <lab> -- --check` in `ws`: `None` when the handout's files are formatted.
+fn fmt_check(ws: &Path, package: &str, limit: Duration) -> anyhow::Result<Option<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(ws)
+        .args(["fmt", "-p", package, "--", "--check"])
+        .env("CARGO_TERM_COLOR", "never");
+    let finished = libtest::run_bounded(command, limit)?;
+    Ok((!finished.success).then(|| {
+        finished
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("Diff in"))
+            .unwrap_or("cargo fmt --check failed")
+            .to_string()
+    }))
 }
 
 /// `cargo clippy -p <lab> --all-targets -- -D warnings` in `ws`: `None` when clean.

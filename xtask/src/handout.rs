@@ -19,7 +19,14 @@ use crate::{classroom, workspace_root};
 pub const STUB_ALLOW: &str = "\
 // This lab is a handout: until you write its tasks (each a `todo!()` below its hint), the code
 // around them declares things nothing uses yet. Remove these lines once every task is done.
-#![allow(unused_variables, unused_mut, unused_imports, unused_assignments, unreachable_code, dead_code)]
+#![allow(
+    unused_variables,
+    unused_mut,
+    unused_imports,
+    unused_assignments,
+    unreachable_code,
+    dead_code
+)]
 ";
 
 /// One stubbed task, where the handout has it.
@@ -266,7 +273,7 @@ mod tests {
         let allowed = with_stub_allow(text);
         assert!(allowed
             .starts_with("//! # lab02\n//!\n//! The fork server.\n\n// This lab is a handout"));
-        assert!(allowed.ends_with("dead_code)]\n\nuse std::net::TcpListener;\n"));
+        assert!(allowed.ends_with("    dead_code\n)]\n\nuse std::net::TcpListener;\n"));
         assert!(with_stub_allow("fn main() {}\n").starts_with("// This lab is a handout"));
     }
 

@@ -17,6 +17,7 @@ mod handout;
 mod libtest;
 mod markers;
 mod points;
+mod tutorial;
 mod workspace;
 
 #[derive(Parser)]
@@ -55,6 +56,9 @@ enum Task {
     },
     /// Run the acceptance tests of the chosen labs and print the points (tests/points.toml).
     Grade(grade::Options),
+    /// Replay the tutorials' steps in real terminals (tmux), as a student types them, and compare
+    /// each screen with the output the tutorial prints.
+    Tutorial(tutorial::Options),
 }
 
 /// The workspace root: the folder above this package.
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             check_handout::run(labs.as_deref(), Duration::from_secs(timeout_secs))
         }
         Task::Grade(options) => grade::run(options),
+        Task::Tutorial(options) => tutorial::run(options),
     }
 }
 

@@ -1,0 +1,319 @@
+//! Playing a tutorial's steps in the terminals, and comparing each block with the screen.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::parse::{Block, Line, Step};
+use super::screen::{self, Bindings, Pattern};
+use super::tmux::Terminals;
+
+/// How long a command may take to show its output (a `cargo` command: `build_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub output: Duration,
+    pub build: Duration,
+}
+
+/// Why a step failed: what the tutorial prints and what the terminal shows.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub block_line: usize,
+    pub terminal: u32,
+    pub reason: String,
+    /// The tutorial's lines, each with whether the screen showed it.
+    pub expected: Vec<(String, bool)>,
+    /// The terminal's lines from where the block's typing began.
+    pub actual: Vec<String>,
+}
+
+impl Mismatch {
+    pub fn report(&self, file: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "  {file}:{}: terminal {}: {}",
+            self.block_line,
+            terminal_name(self.terminal),
+            self.reason
+        );
+        if !self.expected.is_empty() {
+            let _ = writeln!(out, "  expected (the tutorial; ✗ = not on the screen):");
+            for (line, seen) in &self.expected {
+                let _ = writeln!(out, "    {} {line}", if *seen { " " } else { "✗" });
+            }
+        }
+        let _ = writeln!(out, "  actual (the terminal):");
+        let tail = self.actual.len().saturating_sub(60);
+        if tail > 0 {
+            let _ = writeln!(out, "    ({tail} earlier lines left out)");
+        }
+        for line in &self.actual[tail..] {
+            let _ = writeln!(out, "    | {line}");
+        }
+        out
+    }
+}
+
+fn terminal_name(n: u32) -> String {
+    if n > 100 {
+        format!("'another terminal' #{}", n - 100)
+    } else {
+        n.to_string()
+    }
+}
+
+pub struct Player {
+    terminals: Terminals,
+    /// Per terminal: the first screen line the next output may be on (after the last thing
+    /// typed there), and the lines already matched.
+    cursor: HashMap<u32, usize>,
+    used: HashMap<u32, HashSet<usize>>,
+    bindings: Bindings,
+    timeouts: Timeouts,
+    pub verbose: bool,
+}
+
+enum Wait {
+    Done,
+    Failed(Mismatch),
+}
+
+impl Player {
+    pub fn new(terminals: Terminals, timeouts: Timeouts) -> Player {
+        Player {
+            terminals,
+            cursor: HashMap::new(),
+            used: HashMap::new(),
+            bindings: Bindings::new(),
+            timeouts,
+            verbose: false,
+        }
+    }
+
+    /// Plays one step; `Ok(Some(mismatch))` when the screen did not show what the tutorial says.
+    pub fn step(&mut self, step: &Step) -> anyhow::Result<Option<Mismatch>> {
+        for block in &step.blocks {
+            for (n, &terminal) in block.terminals.iter().enumerate() {
+                if let Wait::Failed(mismatch) = self.block(block, terminal, n == 0)? {
+                    return Ok(Some(mismatch));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn block(&mut self, block: &Block, terminal: u32, compare: bool) -> anyhow::Result<Wait> {
+        if self.terminals.open(terminal)? {
+            self.wait_for_prompt(terminal)?;
+        }
+        let start = *self.cursor.get(&terminal).unwrap_or(&0);
+        if block.interrupt {
+            self.terminals.key(terminal, "C-c")?;
+        }
+        let mut expected: Vec<Pattern> = Vec::new();
+        let mut typed: Option<&str> = None;
+        for line in &block.lines {
+            match line {
+                Line::Output(text) => {
+                    if compare {
+                        expected.push(Pattern::new(text));
+                    }
+                }
+                Line::Elided => {}
+                Line::Command(command) | Line::Input(command) => {
+                    if let Wait::Failed(m) =
+                        self.expect(block, terminal, &mut expected, typed, start)?
+                    {
+                        return Ok(Wait::Failed(m));
+                    }
+                    let is_command = matches!(line, Line::Command(_));
+                    if is_command {
+                        self.shell_in_front(terminal)?;
+                    }
+                    let text = screen::substitute(command, &self.bindings);
+                    if self.verbose {
+                        eprintln!(
+                            "    [{}] {}{text}",
+                            terminal_name(terminal),
+                            if is_command { "$ " } else { "> " }
+                        );
+                    }
+                    self.terminals.type_line(terminal, &text)?;
+                    let echo = if is_command {
+                        format!("$ {text}")
+                    } else {
+                        text
+                    };
+                    if let Wait::Failed(m) = self.find_echo(block, terminal, &echo, start)? {
+                        return Ok(Wait::Failed(m));
+                    }
+                    typed = Some(command);
+                }
+            }
+        }
+        self.expect(block, terminal, &mut expected, typed, start)
+    }
+
+    /// Waits until the expected lines are on the screen (or, with none, until the terminal is
+    /// quiet: the shell back, or nothing new for a second).
+    fn expect(
+        &mut self,
+        block: &Block,
+        terminal: u32,
+        expected: &mut Vec<Pattern>,
+        typed: Option<&str>,
+        start: usize,
+    ) -> anyhow::Result<Wait> {
+        let timeout = match typed {
+            Some(command) if command.starts_with("cargo ") => self.timeouts.build,
+            _ => self.timeouts.output,
+        };
+        let deadline = Instant::now() + timeout;
+        if expected.is_empty() {
+            if typed.is_some() {
+                self.settle(terminal, deadline)?;
+            }
+            return Ok(Wait::Done);
+        }
+        let cursor = *self.cursor.get(&terminal).unwrap_or(&0);
+        loop {
+            super::check_interrupted()?;
+            let screen = self.terminals.screen(terminal)?;
+            let used = self.used.entry(terminal).or_default();
+            let candidates: Vec<usize> = (cursor..screen.len())
+                .filter(|i| !used.contains(i))
+                .collect();
+            let mut bindings = self.bindings.clone();
+            match screen::find_all(expected, &screen, &candidates, &mut bindings) {
+                Ok(found) => {
+                    used.extend(found);
+                    self.bindings = bindings;
+                    expected.clear();
+                    return Ok(Wait::Done);
+                }
+                Err(missing) if Instant::now() > deadline => {
+                    let reason = format!(
+                        "{} of {} lines not shown within {} s",
+                        missing.len(),
+                        expected.len(),
+                        timeout.as_secs()
+                    );
+                    return Ok(Wait::Failed(Mismatch {
+                        block_line: block.line,
+                        terminal,
+                        reason,
+                        expected: expected
+                            .iter()
+                            .enumerate()
+                            .map(|(n, p)| (p.text.clone(), !missing.contains(&n)))
+                            .collect(),
+                        actual: screen[start.min(screen.len())..].to_vec(),
+                    }));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn settle(&self, terminal: u32, deadline: Instant) -> anyhow::Result<()> {
+        let mut last = self.terminals.screen(terminal)?;
+        let mut since = Instant::now();
+        while Instant::now() < deadline {
+            super::check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(150));
+            let now = self.terminals.screen(terminal)?;
+            if self.terminals.foreground(terminal)? == "bash"
+                && now.last().is_some_and(|l| l == "$")
+            {
+                return Ok(());
+            }
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > Duration::from_millis(1000) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn find_echo(
+        &mut self,
+        block: &Block,
+        terminal: u32,
+        echo: &str,
+        start: usize,
+    ) -> anyhow::Result<Wait> {
+        let cursor = *self.cursor.get(&terminal).unwrap_or(&0);
+        let deadline = Instant::now() + self.timeouts.output;
+        loop {
+            super::check_interrupted()?;
+            let screen = self.terminals.screen(terminal)?;
+            // The echo may share its line with the prompt, a `^C`, or what a background job
+            // printed after the prompt.
+            let typed = echo.trim_start_matches("$ ").trim();
+            if let Some(at) = (cursor..screen.len()).find(|&i| screen[i].trim().ends_with(typed)) {
+                self.cursor.insert(terminal, at + 1);
+                return Ok(Wait::Done);
+            }
+            if Instant::now() > deadline {
+                return Ok(Wait::Failed(Mismatch {
+                    block_line: block.line,
+                    terminal,
+                    reason: format!("typed {echo:?}, but the terminal does not show it"),
+                    expected: Vec::new(),
+                    actual: screen[start.min(screen.len())..].to_vec(),
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_for_prompt(&self, terminal: u32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            super::check_interrupted()?;
+            if self
+                .terminals
+                .screen(terminal)?
+                .last()
+                .is_some_and(|l| l == "$")
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("terminal {terminal}'s shell did not start within 10 s")
+    }
+
+    /// Before a `$ ` command: the shell must be in front. A program still running there is what
+    /// the tutorial tells the student to stop first (Ctrl-C).
+    fn shell_in_front(&self, terminal: u32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pressed = false;
+        loop {
+            super::check_interrupted()?;
+            if self.terminals.foreground(terminal)? == "bash" {
+                return Ok(());
+            }
+            if !pressed {
+                if self.verbose {
+                    eprintln!("    [{}] Ctrl-C", terminal_name(terminal));
+                }
+                self.terminals.key(terminal, "C-c")?;
+                pressed = true;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "terminal {}: {} still runs 10 s after Ctrl-C",
+                    terminal_name(terminal),
+                    self.terminals.foreground(terminal)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -179,9 +179,20 @@ impl Player {
             return Ok(Wait::Done);
         }
         let cursor = *self.cursor.get(&terminal).unwrap_or(&0);
+        let mut last_change = (Vec::new(), Instant::now());
         loop {
             super::check_interrupted()?;
             let screen = self.terminals.screen(terminal)?;
+            // A command that has ended (the shell is back, and nothing new for 3 s) will not
+            // show more: no need to wait for the whole timeout.
+            let ended = if screen != last_change.0 {
+                last_change = (screen.clone(), Instant::now());
+                false
+            } else {
+                typed.is_some()
+                    && last_change.1.elapsed() > Duration::from_secs(3)
+                    && self.terminals.foreground(terminal)? == "bash"
+            };
             let used = self.used.entry(terminal).or_default();
             let candidates: Vec<usize> = (cursor..screen.len())
                 .filter(|i| !used.contains(i))
@@ -194,13 +205,21 @@ impl Player {
                     expected.clear();
                     return Ok(Wait::Done);
                 }
-                Err(missing) if Instant::now() > deadline => {
-                    let reason = format!(
-                        "{} of {} lines not shown within {} s",
-                        missing.len(),
-                        expected.len(),
-                        timeout.as_secs()
-                    );
+                Err(missing) if ended || Instant::now() > deadline => {
+                    let reason = if ended {
+                        format!(
+                            "{} of {} lines not shown; the command has ended",
+                            missing.len(),
+                            expected.len()
+                        )
+                    } else {
+                        format!(
+                            "{} of {} lines not shown within {} s",
+                            missing.len(),
+                            expected.len(),
+                            timeout.as_secs()
+                        )
+                    };
                     return Ok(Wait::Failed(Mismatch {
                         block_line: block.line,
                         terminal,

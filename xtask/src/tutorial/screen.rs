@@ -4,7 +4,7 @@
 //! durations, hex addresses, and every number of three digits or more: pids, tids, ports, sizes,
 //! inodes; any number after `pid=`/`tid=`), whitespace is ignored (columns move with the numbers'
 //! widths and the terminal's), a ` ... ` inside a line matches anything, and a line may start with the `^C`
-//! the terminal echoes. Small numbers (`OK 2`, `client=1`, `fd=3`, a queue's length) are compared
+//! the terminal echoes or the `$ ` prompt a background job printed after. Small numbers (`OK 2`, `client=1`, `fd=3`, a queue's length) are compared
 //! as they are: they are the lesson.
 //!
 //! The masked numbers are remembered: the first time the tutorial's pid 6613 matches the screen's
@@ -37,6 +37,7 @@ fn token() -> &'static Regex {
             r"|(?P<idkey>\b[pt]id[= ])(?P<id>\d+)",
             r"|(?P<number>\b\d{3,}\b)",
             r"|(?P<small>\b\d{1,2}\b)",
+            r"|(?P<placeholder><(?:line|column)>)",
             r"|(?P<space>\s+)",
             r"|(?P<elided> ?\.\.\.(?:$| ))",
         ))
@@ -78,12 +79,15 @@ impl Pattern {
                 } else {
                     literal(number.as_str(), &mut atoms);
                 }
+            } else if found.name("placeholder").is_some() {
+                // `panicked at common/src/session.rs:<line>:<column>:`
+                atoms.push(r"\d+".into());
             } else if found.name("elided").is_some() {
                 atoms.push(".*".into());
             }
         }
         literal(&text[at..], &mut atoms);
-        let regex = format!(r"^(?:\^C)?\s*{}\s*$", atoms.join(r"\s*"));
+        let regex = format!(r"^(?:\^C|\$ )?\s*{}\s*$", atoms.join(r"\s*"));
         Pattern {
             text: text.to_string(),
             regex: Regex::new(&regex).expect("an escaped pattern is a regex"),
@@ -93,6 +97,7 @@ impl Pattern {
 
     /// Whether `line` matches, consistently with the numbers already known; the new bindings.
     fn matches(&self, line: &str, known: &Bindings) -> Option<Vec<(String, String)>> {
+        let line = ascii_tree(line);
         let found = self.regex.captures(line.trim())?;
         let mut new = Vec::new();
         for (expected, group) in self.numbers.iter().zip(found.iter().skip(1)) {
@@ -123,6 +128,20 @@ fn literal(text: &str, atoms: &mut Vec<String>) {
             .filter(|c| !c.is_whitespace())
             .map(|c| regex::escape(c.encode_utf8(&mut [0; 4]))),
     );
+}
+
+/// `pstree` draws with box characters in a UTF-8 terminal, with ASCII in others (as the
+/// tutorials show it): the same tree.
+fn ascii_tree(line: &str) -> String {
+    line.chars()
+        .map(|c| match c {
+            '─' => '-',
+            '┬' => '+',
+            '├' | '│' => '|',
+            '└' => '`',
+            c => c,
+        })
+        .collect()
 }
 
 /// The tutorial's numbers and what they were on this run.
@@ -224,6 +243,10 @@ mod tests {
                 "19:01:02.000001 accept4(3, 0x7ffc00000001, [128], SOCK_CLOEXEC) = ? ERESTARTSYS",
                 &known
             )
+            .is_some());
+        let tree = Pattern::new("fork-server(6613)-+-fork-server(6798)");
+        assert!(tree
+            .matches("fork-server(26784)─┬─fork-server(26819)", &known)
             .is_some());
         let cut = Pattern::new(
             r#"sendto(4, "HELLO iterative pid=17409 tid=17"..., 36, MSG_NOSIGNAL, NULL, 0) = 36"#,

@@ -26,6 +26,11 @@ impl Terminals {
     /// A new tmux server whose windows start in `dir`.
     pub fn start(dir: &Path, name: &str) -> anyhow::Result<Terminals> {
         let _ = nix::sys::prctl::set_child_subreaper(true);
+        // The terminals run at the usual priority even when the replay runs under `nice`: `ps`
+        // shows a niced process's state with an `N` a student's terminal does not show. Lowering
+        // the niceness needs privileges; without them the terminals stay niced.
+        // SAFETY: setpriority is a plain system call on this process; it touches no memory.
+        let _ = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 0) };
         let terminals = Terminals {
             socket: format!("netlabs-replay-{}-{name}", std::process::id()),
             dir: dir.to_path_buf(),

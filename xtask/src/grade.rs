@@ -303,7 +303,13 @@ fn grade_class(
         .with_context(|| format!("cannot list {}", folder.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        // One folder per student; hidden ones (`.git` of a folder kept in git) are not students.
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     students.sort();
     let chosen = chosen(points, labs)?;

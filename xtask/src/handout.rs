@@ -183,27 +183,31 @@ pub fn readme_section(points: &Points, handed_out: &[HandedOut]) -> String {
     }
     section.push_str(
         "\nFor each lab, in order:\n\n\
-         1. Read its tutorial (`labNN-.../README.md`) up to **Build it yourself**, which explains each\n   \
-            task: what to write, which calls, the test that grades it, and a hint.\n\
+         1. Read its tutorial (`labNN-.../README.md`, or its chapter in the book): its section **Build\n   \
+            it yourself** explains each task: what to write, which calls, the test that grades it, a hint.\n\
          2. Write the task where its `todo!()` is (keep the `// Task N:` and `// End of task N.` lines).\n\
          3. Run the lab's tests (the command in the table): each failing test says what it expected.\n\
          4. `cargo xtask grade` prints your points per lab, as your instructor's grader counts them\n   \
             (`cargo xtask grade --labs lab02` for one lab).\n\n\
          When every task of a lab is done, delete the `#![allow(...)]` lines the handout added at the top\n\
          of its `src/main.rs`, and `cargo clippy -p labNN-...` tells you what is left unused.\n\
-         Pushing to your GitHub Classroom repository runs the same tests\n\
+         Each push to your GitHub Classroom repository is graded by the same tests\n\
          (`.github/workflows/classroom.yml`).\n\n",
     );
     section
 }
 
-/// `readme` with `section` right after its title.
+/// `readme` with `section` as its first section: after the title and the opening paragraphs,
+/// before the first `## ` heading (at the end if there is none).
 pub fn with_readme_section(readme: &str, section: &str) -> String {
-    match readme.split_once('\n') {
-        Some((title, rest)) if title.starts_with("# ") => {
-            format!("{title}\n\n{section}{}", rest.trim_start_matches('\n'))
-        }
-        _ => format!("{section}{readme}"),
+    let at = if readme.starts_with("## ") {
+        Some(0)
+    } else {
+        readme.find("\n## ").map(|i| i + 1)
+    };
+    match at {
+        Some(at) => format!("{}{section}{}", &readme[..at], &readme[at..]),
+        None => format!("{}\n\n{}\n", readme.trim_end(), section.trim_end()),
     }
 }
 
@@ -279,10 +283,14 @@ mod tests {
 
     #[test]
     fn the_readme_section_goes_under_the_title() {
-        let readme = "# netlabs\n\nTeaching labs.\n";
+        let readme = "# netlabs\n\nTeaching labs.\n\n## The five models\n\nOne.\n";
         assert_eq!(
             with_readme_section(readme, "## Handout\n\nDo it.\n\n"),
-            "# netlabs\n\n## Handout\n\nDo it.\n\nTeaching labs.\n"
+            "# netlabs\n\nTeaching labs.\n\n## Handout\n\nDo it.\n\n## The five models\n\nOne.\n"
+        );
+        assert_eq!(
+            with_readme_section("# netlabs\n\nTeaching labs.\n", "## Handout\n\nDo it.\n"),
+            "# netlabs\n\nTeaching labs.\n\n## Handout\n\nDo it.\n"
         );
     }
 
@@ -350,11 +358,14 @@ fn helper() -> u32 {
         // The README's table points at the begin lines as they are in the handout.
         let readme = std::fs::read_to_string(dest.path().join("README.md")).unwrap();
         let line_of_task_2 = main.lines().position(|l| l.contains("// Task 2:")).unwrap() + 1;
-        assert!(readme.starts_with("# demo\n\n## Handout: what you build\n"));
+        assert!(readme.starts_with("# demo\n\nTeaching labs.\n\n## Handout: what you build\n"));
         assert!(readme.contains(&format!(
             "| lab09 | 2: the answer | `lab09-demo/src/main.rs:{line_of_task_2}` |"
         )));
-        assert!(readme.ends_with("Teaching labs.\n"));
+        assert!(
+            readme.ends_with("graded by the same tests\n(`.github/workflows/classroom.yml`).\n"),
+            "{readme}"
+        );
         // The other lab and the client are whole; target/ is not copied.
         let whole = std::fs::read_to_string(dest.path().join("lab08-whole/src/main.rs")).unwrap();
         assert!(whole.contains("    x();\n"));

@@ -565,6 +565,58 @@ fn client_ids_are_unique_among_live_clients() {
     observe::assert_unique_client_ids(&mut clients);
 }
 
+/// The server's limit on open descriptors (`ulimit -n`), soft and hard, from `/proc/<pid>/limits`.
+fn descriptor_limits(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+/// Sets the running server's descriptor limit with `prlimit`.
+fn set_descriptor_limit(pid: i32, soft: &str, hard: &str) {
+    let mut prlimit = tests::tool("prlimit");
+    prlimit.args([format!("--nofile={soft}:{hard}"), format!("--pid={pid}")]);
+    let (status, _, stderr) = tests::run_with_timeout(prlimit, Duration::from_secs(10));
+    assert!(status.success(), "prlimit: {stderr}");
+}
+
+#[test]
+fn out_of_descriptors_the_server_goes_on_and_serves_once_some_are_free() {
+    let server = Server::start(SERVER, &[]);
+    let mut first = server.greeted();
+    assert_eq!(first.request("ECHO warm"), "OK warm");
+    // Room for a couple more clients only: the next accept() fails with EMFILE.
+    let (soft, hard) = descriptor_limits(server.pid());
+    let limit = (procfs::fd_count(server.pid()) + 4).to_string();
+    set_descriptor_limit(server.pid(), &limit, &hard);
+    let mut clients: Vec<Client> = (0..6).map(|_| server.connect()).collect();
+    let mut greeted = Vec::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.set_timeout(Duration::from_secs(2));
+        if client.read_line().is_ok_and(|l| l.starts_with("HELLO ")) {
+            greeted.push(i);
+        }
+    }
+    assert!(
+        greeted.len() < clients.len(),
+        "every client was greeted: the limit was never reached"
+    );
+    // A failed accept() is the server's trouble, not a reason to stop: once descriptors are
+    // free again, it serves.
+    set_descriptor_limit(server.pid(), &soft, &hard);
+    for i in greeted.into_iter().rev() {
+        drop(clients.remove(i));
+    }
+    drop(first);
+    assert!(procfs::alive(server.pid()), "the server is still running");
+    let mut newcomer = server.greeted();
+    assert_eq!(newcomer.request("ECHO in"), "OK in");
+}
+
 #[test]
 fn help_documents_the_lab_flags() {
     help_listing(

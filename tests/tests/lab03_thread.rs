@@ -489,6 +489,38 @@ fn sigterm_during_a_sleep_in_the_pool_cuts_it_short_and_exits_zero() {
 }
 
 #[test]
+fn sigterm_exits_zero_even_while_a_thread_is_stuck_writing_to_a_client_that_never_reads() {
+    let mut server = Server::start(SERVER, &[]);
+    let stuck = server.greeted();
+    // Requests whose replies it never reads: once the socket buffers are full, the thread that
+    // serves it waits in write(), where no shutdown of the read side reaches it.
+    let mut writer = stuck.stream().try_clone().expect("clone");
+    let line = format!("ECHO {}\n", "w".repeat(4000));
+    let flooding = thread::spawn(move || {
+        for _ in 0..10_000 {
+            if writer.write_all(line.as_bytes()).is_err() {
+                break; // the write timeout, or the server closed: either way, done
+            }
+        }
+    });
+    let (port, mine) = (server.port(), stuck.local_port());
+    assert!(
+        wait_until(SETTLE, || tests::connection_queues(port, mine)
+            .is_some_and(|(_, unsent)| unsent > 64 * 1024)),
+        "the server's replies did not pile up: {:?}",
+        tests::connection_queues(port, mine)
+    );
+    let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM with a thread stuck in write(): {status}"
+    );
+    drop(stuck);
+    flooding.join().expect("the flooding thread");
+}
+
+#[test]
 fn sigterm_stops_the_pool_gracefully() {
     let mut server = Server::start(SERVER, &["--pool", "1"]);
     let mut served = server.greeted();

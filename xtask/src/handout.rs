@@ -429,6 +429,17 @@ fn helper() -> u32 {
             .path()
             .join(".devcontainer/devcontainer.json")
             .is_file());
+        // Its tests are the reference's own files.
+        for file in workspace::source_files(&root).unwrap() {
+            if file.starts_with("tests") {
+                assert_eq!(
+                    std::fs::read(root.join(&file)).unwrap(),
+                    std::fs::read(dest.path().join(&file)).unwrap(),
+                    "{} differs in the handout",
+                    file.display()
+                );
+            }
+        }
     }
 
     /// The dev container (in the reference and, copied, in the handout) sets up with the script

@@ -4,7 +4,7 @@
 //!
 //! Grade this lab alone with `cargo test -p tests --test lab02_fork`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -543,13 +543,21 @@ fn an_idle_timeout_says_bye_to_the_silent_client_only() {
 #[test]
 fn prefork_client_ids_are_unique_among_live_clients() {
     let server = Server::start(SERVER, &["--prefork", "3"]);
-    let mut clients: Vec<Client> = (0..3).map(|_| server.greeted()).collect();
-    let mut ids: Vec<u64> = clients.iter_mut().map(Client::client_id).collect();
-    // One leaves and another comes: still unique among the three connected.
-    assert_eq!(clients[0].request("QUIT"), "OK bye");
-    clients[0] = server.greeted();
-    ids[0] = clients[0].client_id();
-    let distinct: BTreeSet<u64> = ids.iter().copied().collect();
-    assert_eq!(distinct.len(), 3, "{ids:?}");
-    assert!(ids.iter().all(|&id| id > 0), "{ids:?}");
+    let mut clients: VecDeque<Client> = (0..3).map(|_| server.greeted()).collect();
+    // Round and round: the oldest leaves, a new client comes (to the one worker now free), ten
+    // times, so that every worker serves several clients; at every moment the three connected
+    // clients have three different ids.
+    for round in 0..10 {
+        let ids: Vec<u64> = clients.iter_mut().map(Client::client_id).collect();
+        let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "round {round}: ids of the live clients {ids:?}"
+        );
+        assert!(ids.iter().all(|&id| id > 0), "{ids:?}");
+        let mut oldest = clients.pop_front().unwrap();
+        assert_eq!(oldest.request("QUIT"), "OK bye");
+        clients.push_back(server.greeted());
+    }
 }

@@ -50,9 +50,14 @@ impl Language {
     /// The language the locale asks for: the first of `LC_ALL`, `LC_MESSAGES`, `LANG` that is
     /// set and not empty decides (the POSIX order); `ko...` means Korean.
     pub fn from_locale() -> Language {
+        Language::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Language::from_locale`] with the environment variables read by `var`.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Language {
         let locale = ["LC_ALL", "LC_MESSAGES", "LANG"]
             .iter()
-            .filter_map(|name| std::env::var(name).ok())
+            .filter_map(|name| var(name))
             .find(|value| !value.is_empty())
             .unwrap_or_default();
         if locale.starts_with("ko") {
@@ -604,5 +609,316 @@ mod tests {
         assert_eq!(axis_ticks(300.0), (50.0, 300.0));
         assert_eq!(axis_ticks(0.0), (1.0, 1.0));
         assert_eq!(axis_ticks(9_000.0), (1000.0, 9000.0));
+    }
+
+    /// The numbers of `n`'s attribute `name`.
+    fn number(n: roxmltree::Node, name: &str) -> f64 {
+        n.attribute(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn class<'a, 'i>(
+        doc: &'a roxmltree::Document<'i>,
+        class: &str,
+    ) -> Vec<roxmltree::Node<'a, 'i>> {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(class))
+            .collect()
+    }
+
+    #[test]
+    fn bars_are_where_their_times_are() {
+        let svg = render(Model::Iterative, &iterative_rows(), Language::English);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let waiting = class(&doc, "waiting");
+        let served = class(&doc, "served");
+        let end = |n: roxmltree::Node| number(n, "x") + number(n, "width");
+        // The axis: 0 at PLOT_LEFT, and one pixel per ms times a constant scale. Client 1 connected
+        // at 1 ms and client 2 at 101 ms, client 3 at 201 ms: equal steps.
+        let (x1, x2, x3) = (
+            number(waiting[0], "x"),
+            number(waiting[1], "x"),
+            number(waiting[2], "x"),
+        );
+        assert!((x2 - x1 - (x3 - x2)).abs() < 0.2, "{x1} {x2} {x3}");
+        // The rows end at 1,503 ms, so the axis ends at 1,600 (see the axis test).
+        let scale = (PLOT_RIGHT - PLOT_LEFT) / 1600.0; // px per ms
+        assert!((x1 - (PLOT_LEFT + scale)).abs() < 0.2, "{x1}");
+        // Each client is served from the moment its wait ends until it leaves (501 ms later);
+        // client 1's 1 ms wait is drawn 1 px wide, so that it shows.
+        assert!((number(waiting[0], "width") - 1.0).abs() < 0.01);
+        for i in 0..3 {
+            if i > 0 {
+                assert!((end(waiting[i]) - number(served[i], "x")).abs() < 0.2);
+            }
+            assert!((number(served[i], "width") - 501.0 * scale).abs() < 0.2);
+        }
+        // One at a time: client 2 is greeted at 502 ms, just as client 1 leaves (503 ms).
+        assert!((number(served[1], "x") - (end(served[0]) - scale)).abs() < 0.2);
+        // The broadcast mark of each client sits 100 ms into its service.
+        for (i, mark) in class(&doc, "broadcast").iter().enumerate() {
+            let d = mark.attribute("d").unwrap();
+            let x: f64 = d[1..d.find(',').unwrap()].parse().unwrap();
+            let centre = x + 4.0;
+            assert!(
+                (centre - (number(served[i], "x") + 100.0 * scale)).abs() < 0.2,
+                "{d}"
+            );
+        }
+        // The moments: connected at the wait's start, greeted at its end, left at the service's end.
+        let cx = |n: roxmltree::Node| number(n, "cx");
+        let moments = class(&doc, "connected")
+            .into_iter()
+            .zip(class(&doc, "greeted"))
+            .zip(class(&doc, "left"));
+        for (i, ((connected, greeted), left)) in moments.enumerate() {
+            assert!((cx(connected) - x1 - (i as f64) * 100.0 * scale).abs() < 0.2);
+            assert!((cx(greeted) - number(served[i], "x")).abs() < 0.2);
+            assert!((number(left, "x") + number(left, "width") / 2.0 - end(served[i])).abs() < 0.2);
+        }
+    }
+
+    #[test]
+    fn the_axis_is_numbered_in_round_steps_to_its_end() {
+        let svg = render(Model::Iterative, &iterative_rows(), Language::English);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let axis = class(&doc, "axis")[0];
+        let ticks: Vec<&str> = axis
+            .children()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert_eq!(
+            ticks,
+            [
+                "0",
+                "200",
+                "400",
+                "600",
+                "800",
+                "1000",
+                "1200",
+                "1400",
+                "1600",
+                "time since the demo started (ms)"
+            ]
+        );
+        let xs: Vec<f64> = axis
+            .children()
+            .filter(|n| n.has_tag_name("line"))
+            .map(|n| number(n, "x1"))
+            .collect();
+        assert_eq!(xs.first(), Some(&PLOT_LEFT));
+        assert!(xs.iter().any(|&x| (x - PLOT_RIGHT).abs() < 0.2), "{xs:?}");
+    }
+
+    #[test]
+    fn every_text_and_mark_lies_inside_the_picture() {
+        for language in [Language::English, Language::Korean] {
+            let svg = render(Model::Multiplex, &iterative_rows(), language);
+            let doc = roxmltree::Document::parse(&svg).unwrap();
+            let (width, height) = (
+                number(doc.root_element(), "width"),
+                number(doc.root_element(), "height"),
+            );
+            for n in doc.descendants().filter(|n| n.is_element()) {
+                // Legend items are drawn in a translated group: add its offset.
+                let (dx, dy) = n
+                    .ancestors()
+                    .filter_map(|a| a.attribute("transform"))
+                    .filter_map(|t| t.strip_prefix("translate(")?.strip_suffix(')'))
+                    .map(|t| {
+                        let (x, y) = t.split_once(',').unwrap();
+                        (x.parse::<f64>().unwrap(), y.parse::<f64>().unwrap())
+                    })
+                    .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+                for (xa, ya) in [("x", "y"), ("cx", "cy"), ("x1", "y1"), ("x2", "y2")] {
+                    if let (Some(x), Some(y)) = (n.attribute(xa), n.attribute(ya)) {
+                        let (x, y) = (
+                            x.parse::<f64>().unwrap() + dx,
+                            y.parse::<f64>().unwrap() + dy,
+                        );
+                        assert!(
+                            (0.0..=width).contains(&x) && (0.0..=height).contains(&y),
+                            "{:?} at ({x}, {y}) outside {width}x{height}",
+                            n.tag_name().name()
+                        );
+                    }
+                }
+                if n.has_tag_name("text") {
+                    let x = number(n, "x") + dx;
+                    let w = text_width(n.text().unwrap_or_default(), FONT_SIZE);
+                    let (from, to) = match n.attribute("text-anchor") {
+                        Some("middle") => (x - w / 2.0, x + w / 2.0),
+                        Some("end") => (x - w, x),
+                        _ => (x, x + w),
+                    };
+                    assert!(
+                        from >= 0.0 && to <= width,
+                        "{:?} spans {from}..{to}, outside 0..{width}",
+                        n.text()
+                    );
+                }
+            }
+            // The legend starts below the axis title and the picture ends below the legend.
+            let legend = class(&doc, "legend")[0];
+            let last_line = legend
+                .children()
+                .filter_map(|g| g.attribute("transform"))
+                .map(|t| {
+                    t.trim_end_matches(')')
+                        .rsplit(',')
+                        .next()
+                        .unwrap()
+                        .parse::<f64>()
+                        .unwrap()
+                })
+                .fold(0.0, f64::max);
+            assert!(last_line + 8.0 <= height, "{last_line} vs {height}");
+            assert!(last_line > ROWS_TOP + 3.0 * ROW_HEIGHT + 40.0);
+        }
+    }
+
+    #[test]
+    fn the_locale_picks_the_language_in_posix_order() {
+        let locale = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Language::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        };
+        assert_eq!(locale(&[]), Language::English);
+        assert_eq!(locale(&[("LANG", "ko_KR.UTF-8")]), Language::Korean);
+        assert_eq!(locale(&[("LANG", "en_US.UTF-8")]), Language::English);
+        // LC_ALL beats LC_MESSAGES beats LANG; an empty one does not count.
+        assert_eq!(
+            locale(&[("LC_ALL", "C"), ("LANG", "ko_KR.UTF-8")]),
+            Language::English
+        );
+        assert_eq!(
+            locale(&[("LC_ALL", ""), ("LC_MESSAGES", "ko_KR"), ("LANG", "C")]),
+            Language::Korean
+        );
+        assert_eq!(
+            locale(&[("LC_MESSAGES", "C"), ("LANG", "ko_KR")]),
+            Language::English
+        );
+    }
+
+    #[test]
+    fn text_is_escaped_and_measured() {
+        assert_eq!(escape("a<b>&\"c\""), "a&lt;b&gt;&amp;&quot;c&quot;");
+        assert!((text_width("ab", 10.0) - 11.0).abs() < 1e-9);
+        assert!((text_width("가나", 10.0) - 20.0).abs() < 1e-9);
+    }
+    #[test]
+    fn the_parts_are_stacked_in_order_without_gaps_or_overlaps() {
+        for language in [Language::English, Language::Korean] {
+            let svg = render(Model::Iterative, &iterative_rows(), language);
+            let doc = roxmltree::Document::parse(&svg).unwrap();
+            let height = number(doc.root_element(), "height");
+            // Rows ROW_HEIGHT apart, from ROWS_TOP.
+            let bars = class(&doc, "waiting");
+            for (i, bar) in bars.iter().enumerate() {
+                let expected = ROWS_TOP + ROW_HEIGHT * i as f64 + (ROW_HEIGHT - BAR_HEIGHT) / 2.0;
+                assert!((number(*bar, "y") - expected).abs() < 0.2);
+            }
+            // Under the rows and their marks: the axis line, its numbers, its title, the legend.
+            let lowest_mark = class(&doc, "connected")
+                .iter()
+                .map(|c| number(*c, "cy") + number(*c, "r"))
+                .fold(0.0, f64::max);
+            let axis = class(&doc, "axis")[0];
+            let axis_line = axis
+                .children()
+                .filter(|n| n.has_tag_name("line"))
+                .find(|n| number(*n, "x2") - number(*n, "x1") > 100.0)
+                .unwrap();
+            let texts: Vec<f64> = axis
+                .children()
+                .filter(|n| n.has_tag_name("text"))
+                .map(|n| number(n, "y"))
+                .collect();
+            let (numbers, title) = (texts[0], *texts.last().unwrap());
+            let legend_lines: Vec<f64> = class(&doc, "legend")[0]
+                .children()
+                .filter_map(|g| g.attribute("transform"))
+                .map(|t| {
+                    let y = t.trim_end_matches(')').rsplit(',').next().unwrap();
+                    y.parse::<f64>().unwrap()
+                })
+                .collect();
+            let (first, last) = (legend_lines[0], *legend_lines.last().unwrap());
+            let y = number(axis_line, "y1");
+            assert!(lowest_mark < y, "marks {lowest_mark} cross the axis {y}");
+            assert!(
+                y + SMALL <= numbers && numbers + FONT_SIZE <= title,
+                "{y} {numbers} {title}"
+            );
+            assert!(
+                title + FONT_SIZE <= first && first - title < 40.0,
+                "{title} {first}"
+            );
+            assert!((8.0..=20.0).contains(&(height - last)), "{last} {height}");
+        }
+    }
+
+    #[test]
+    fn legend_items_do_not_overlap_and_fit_the_width() {
+        for language in [Language::English, Language::Korean] {
+            let svg = render(Model::Iterative, &iterative_rows(), language);
+            let doc = roxmltree::Document::parse(&svg).unwrap();
+            let mut previous: Option<(f64, f64)> = None; // (line y, where the last item ended)
+            for item in class(&doc, "legend")[0]
+                .children()
+                .filter(|n| n.is_element())
+            {
+                let t = item.attribute("transform").unwrap();
+                let (x, y) = t
+                    .strip_prefix("translate(")
+                    .and_then(|t| t.strip_suffix(')'))
+                    .and_then(|t| t.split_once(','))
+                    .unwrap();
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                let text = item.children().find(|n| n.has_tag_name("text")).unwrap();
+                let end = x + number(text, "x") + text_width(text.text().unwrap(), SMALL);
+                assert!(x >= 10.0 && end <= WIDTH - 10.0, "{t} ends at {end}");
+                if let Some((line, ended)) = previous {
+                    assert!(y >= line);
+                    if y == line {
+                        assert!(
+                            x >= ended,
+                            "{t} overlaps the item before, which ends at {ended}"
+                        );
+                    } else {
+                        assert!((y - line - 22.0).abs() < 0.2 && x == 10.0, "{t}");
+                    }
+                }
+                previous = Some((y, end));
+            }
+        }
+    }
+
+    #[test]
+    fn a_wait_is_labelled_in_its_bar_when_the_label_fits() {
+        let svg = render(Model::Iterative, &iterative_rows(), Language::English);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let bars = class(&doc, "waiting");
+        for (i, label) in ["waits 401 ms", "waits 801 ms"].iter().enumerate() {
+            let text = doc
+                .descendants()
+                .find(|n| n.has_tag_name("text") && n.text() == Some(label))
+                .unwrap_or_else(|| panic!("no {label:?}"));
+            let bar = bars[i + 1];
+            let centre = number(bar, "x") + number(bar, "width") / 2.0;
+            assert!((number(text, "x") - centre).abs() < 0.2);
+            let middle = number(bar, "y") + BAR_HEIGHT / 2.0;
+            assert!((number(text, "y") - middle).abs() <= SMALL / 2.0);
+        }
+        // Client 1 waited 1 ms: a 1 px bar, no room for a label.
+        assert!(!svg.contains("waits 1 ms"));
     }
 }

@@ -14,8 +14,9 @@
 //!   `터미널 2`, `another terminal` / `다른 터미널` for a new one); without one, the terminal of
 //!   the previous console block.
 //! - Small markup, hidden by the book: `<!-- replay: skip -->` before a block that cannot be
-//!   compared (it depends on the machine or on timing), `<!-- replay: terminal N -->` where the
-//!   prose does not say which terminal.
+//!   compared (it depends on the machine or on timing), `<!-- replay: skip-step -->` for the rest
+//!   of a step whose figures are all the machine's, `<!-- replay: terminal N -->` where the prose
+//!   does not say which terminal.
 
 use std::sync::OnceLock;
 
@@ -83,7 +84,7 @@ fn terminal_mention() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"(?i)(?:terminals? |터미널 )(\d(?:(?:, and |, | and |과 |와 |, 터미널 |과 터미널 |와 터미널 )\d)*)|(another terminal|다른 터미널)",
+            r"(?i)(?:terminals? |터미널 )(\d(?:(?:, and |, | and |과 |와 |, 터미널 |과 터미널 |와 터미널 )\d)*)|(another terminal|a spare terminal|다른 터미널|남는 터미널)",
         )
         .unwrap()
     })
@@ -91,7 +92,9 @@ fn terminal_mention() -> &'static Regex {
 
 fn annotation() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"<!--\s*replay:\s*(skip\b[^>]*|terminal (\d+))\s*-->").unwrap())
+    RE.get_or_init(|| {
+        Regex::new(r"<!--\s*replay:\s*(skip-step\b[^>]*|skip\b[^>]*|terminal (\d+))\s*-->").unwrap()
+    })
 }
 
 /// The terminals the prose names last: `Some(vec![])` for "another terminal".
@@ -116,12 +119,14 @@ pub fn parse(markdown: &str) -> Vec<Step> {
     let mut prose = Prose::default();
     let mut last_console_terminal: Option<u32> = None;
     let mut next_new_terminal = 0;
+    let mut skip_step = false;
     let lines: Vec<&str> = markdown.lines().collect();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
         if let Some(heading) = line.strip_prefix("## ") {
             in_step = step_heading().is_match(line);
+            skip_step = false;
             if in_step {
                 steps.push(Step {
                     title: heading.to_string(),
@@ -152,7 +157,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
                 _ => None,
             };
             let mentioned = last_terminals(&prose.text);
-            let skip = prose.skip;
+            let skip = prose.skip || skip_step;
             let annotated = prose.terminal;
             prose = Prose::default();
             let (Some(kind), true, false) = (kind, in_step, skip) else {
@@ -191,6 +196,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
         for found in annotation().captures_iter(line) {
             match found.get(2) {
                 Some(n) => prose.terminal = n.as_str().parse().ok(),
+                None if found[1].starts_with("skip-step") => skip_step = true,
                 None => prose.skip = true,
             }
         }
@@ -299,6 +305,15 @@ $ ss -tn
 > QUIT
 ```
 
+## Step 3: figures of this machine
+
+<!-- replay: skip-step (memory figures) -->
+Terminal 1:
+
+```console
+$ free
+```
+
 ## 2단계: 한국어
 
 터미널 2, 3, 4에서 각각:
@@ -325,9 +340,11 @@ $ not played
             [
                 "Step 1: start the server",
                 "Step 2: two clients",
+                "Step 3: figures of this machine",
                 "2단계: 한국어"
             ]
         );
+        assert!(steps[2].blocks.is_empty());
         assert_eq!(steps[0].blocks.len(), 1);
         assert_eq!(
             steps[0].blocks[0].lines,
@@ -363,6 +380,6 @@ $ not played
             )]
         );
         assert_eq!(step2[0].line, 22);
-        assert_eq!(steps[2].blocks[0].terminals, [2, 3, 4]);
+        assert_eq!(steps[3].blocks[0].terminals, [2, 3, 4]);
     }
 }

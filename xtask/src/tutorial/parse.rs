@@ -160,9 +160,18 @@ pub fn parse(markdown: &str) -> Vec<Step> {
             let skip = prose.skip || skip_step;
             let annotated = prose.terminal;
             prose = Prose::default();
-            let (Some(kind), true, false) = (kind, in_step, skip) else {
+            let (Some(kind), true) = (kind, in_step) else {
                 continue;
             };
+            // A skipped console block still says where the next one without a terminal goes.
+            if skip {
+                if let (Kind::Console, Some(named)) = (kind, &mentioned) {
+                    if let Some(&n) = named.first() {
+                        last_console_terminal = Some(n);
+                    }
+                }
+                continue;
+            }
             let mut terminals = match (annotated, mentioned) {
                 (Some(n), _) => vec![n],
                 // "Another terminal" opens one to type in; output shown there is an example.
@@ -288,6 +297,13 @@ In terminal 4, a figure of this machine:
 ```console
 $ nproc
 2
+```
+
+<!-- replay: skip -->
+In terminal 5:
+
+```console
+$ ss -s
 ```
 
 Then, in another terminal:

@@ -171,7 +171,8 @@ impl Player {
             Some(command) if command.starts_with("cargo ") => self.timeouts.build,
             _ => self.timeouts.output,
         };
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut built = false;
         if expected.is_empty() {
             if typed.is_some() {
                 self.settle(terminal, deadline)?;
@@ -193,6 +194,16 @@ impl Player {
                     && last_change.1.elapsed() > Duration::from_secs(3)
                     && self.terminals.foreground(terminal)? == "bash"
             };
+            // Once cargo has built, what it runs gets the ordinary timeout.
+            if !built
+                && screen
+                    .iter()
+                    .skip(cursor)
+                    .any(|l| l.trim_start().starts_with("Running `"))
+            {
+                built = true;
+                deadline = deadline.min(Instant::now() + self.timeouts.output);
+            }
             let used = self.used.entry(terminal).or_default();
             let candidates: Vec<usize> = (cursor..screen.len())
                 .filter(|i| !used.contains(i))
@@ -214,10 +225,9 @@ impl Player {
                         )
                     } else {
                         format!(
-                            "{} of {} lines not shown within {} s",
+                            "{} of {} lines not shown in time (--timeout-secs, --build-timeout-secs)",
                             missing.len(),
                             expected.len(),
-                            timeout.as_secs()
                         )
                     };
                     return Ok(Wait::Failed(Mismatch {

@@ -346,3 +346,33 @@ impl Player {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mismatch_names_the_block_the_terminal_and_the_missing_line() {
+        let mismatch = Mismatch {
+            block_line: 57,
+            terminal: 2,
+            reason: "1 of 2 lines not shown; the command has ended".into(),
+            expected: vec![
+                ("HELLO iterative pid=15003 tid=15003".into(), true),
+                (
+                    "OK model=iterativ pid=15003 tid=15003 client=1".into(),
+                    false,
+                ),
+            ],
+            actual: vec![
+                "HELLO iterative pid=4 tid=4".into(),
+                "OK model=iterative pid=4 tid=4 client=1".into(),
+            ],
+        };
+        let report = mismatch.report("lab01-iterative/README.md");
+        assert!(report.contains("lab01-iterative/README.md:57: terminal 2: 1 of 2 lines"));
+        assert!(report.contains("✗ OK model=iterativ pid=15003"));
+        assert!(report.contains("    HELLO iterative pid=15003"));
+        assert!(report.contains("| OK model=iterative pid=4 tid=4 client=1"));
+    }
+}

@@ -1,11 +1,12 @@
 //! Comparing what a terminal shows with what the tutorial prints.
 //!
 //! A tutorial line becomes a pattern: what differs from run to run is masked (times and
-//! durations, hex addresses, and every number of three digits or more: pids, tids, ports, sizes,
-//! inodes; any number after `pid=`/`tid=`), whitespace is ignored (columns move with the numbers'
-//! widths and the terminal's), a ` ... ` inside a line matches anything, and a line may start with the `^C`
-//! the terminal echoes or the `$ ` prompt a background job printed after. Small numbers (`OK 2`, `client=1`, `fd=3`, a queue's length) are compared
-//! as they are: they are the lesson.
+//! durations, hex addresses, every number of three digits or more: pids, tids, ports, sizes,
+//! inodes; any number after `pid=`/`tid=`; a string strace cut short). Whitespace is ignored
+//! (columns move with the numbers' widths and the terminal's), a ` ... ` inside a line matches
+//! anything, and a line may start with the `^C` the terminal echoes or the `$ ` prompt a
+//! background job printed after. Small numbers (`OK 2`, `client=1`, `fd=3`, a queue's length)
+//! are compared as they are: they are the lesson.
 //!
 //! The masked numbers are remembered: the first time the tutorial's pid 6613 matches the screen's
 //! 48213, 6613 means 48213 for the rest of the lab, in later output (a child's `PPID` must be the
@@ -30,7 +31,8 @@ fn token() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(concat!(
-            r"(?P<clock>\b\d{2}:\d{2}:\d{2}(?:\.\d+)?\b)",
+            r#"(?P<cut>"[^"]*"\.\.\.)"#,
+            r"|(?P<clock>\b\d{2}:\d{2}:\d{2}(?:\.\d+)?\b)",
             r"|(?P<duration>\b\d+(?:\.\d+)?\s?(?:ms|µs|us|ns|sec|min|s)\b)",
             r"|(?P<decimal>\b\d+\.\d+\b)",
             r"|(?P<hex>\b0x[0-9a-fA-F]+\b)",
@@ -59,7 +61,10 @@ impl Pattern {
             let whole = found.get(0).unwrap();
             literal(&text[at..whole.start()], &mut atoms);
             at = whole.end();
-            if found.name("clock").is_some() {
+            if found.name("cut").is_some() {
+                // A string strace cut at 32 bytes: where it is cut depends on the numbers in it.
+                atoms.push(r#""[^"]*"\.\.\."#.into());
+            } else if found.name("clock").is_some() {
                 atoms.push(r"\d{2}:\d{2}:\d{2}(?:\.\d+)?".into());
             } else if found.name("duration").is_some() || found.name("decimal").is_some() {
                 // A duration's unit may change with its size (`950ms`, `1.2s`).
@@ -254,6 +259,15 @@ mod tests {
         assert!(cut
             .matches(
                 r#"sendto(4, "HELLO iterative pid=9409 tid=940"..., 34, MSG_NOSIGNAL, NULL, 0) = 34"#,
+                &known
+            )
+            .is_some());
+        let cut_early = Pattern::new(
+            r#"sendto(4, "OK model=iterative pid=17409 tid"..., 48, MSG_NOSIGNAL, NULL, 0) = 48"#,
+        );
+        assert!(cut_early
+            .matches(
+                r#"sendto(4, "OK model=iterative pid=9409 tid="..., 47, MSG_NOSIGNAL, NULL, 0) = 47"#,
                 &known
             )
             .is_some());

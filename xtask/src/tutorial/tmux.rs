@@ -159,8 +159,13 @@ impl Terminals {
 
 impl Drop for Terminals {
     fn drop(&mut self) {
+        // Where the server's socket was (tmux leaves the file behind when killed).
+        let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
         let _ = self.tmux(&["kill-server"]);
         kill_descendants();
+        if let Ok(path) = socket {
+            let _ = std::fs::remove_file(path.trim());
+        }
     }
 }
 

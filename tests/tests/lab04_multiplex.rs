@@ -697,3 +697,28 @@ fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
         "nobody was held up by client 1's SLEEP 1500: waits {waits:?}\n{stdout}"
     );
 }
+
+#[test]
+fn the_client_sends_stdin_lines_and_prints_replies() {
+    let server = Server::start(SERVER, &[]);
+    // Then EOF: the client sends QUIT.
+    let (status, stdout) = tests::run_client(
+        "multiplex-client",
+        server.port(),
+        b"ECHO from the client\nINCR\n",
+        Duration::from_secs(10),
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("HELLO multiplex pid=")),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["OK from the client", "OK 1", "OK bye"],
+        "{stdout}"
+    );
+    assert!(status.success());
+}

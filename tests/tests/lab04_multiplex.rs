@@ -722,3 +722,24 @@ fn the_client_sends_stdin_lines_and_prints_replies() {
     );
     assert!(status.success());
 }
+
+#[test]
+fn an_idle_timeout_says_bye_to_a_silent_client_even_when_nothing_else_happens() {
+    // No other client talks, so nothing but the clock can wake the loop to notice the silence.
+    let server = Server::start(SERVER, &["--idle-timeout", "1"]);
+    let connecting = Instant::now();
+    let mut silent = server.greeted();
+    let greeted = Instant::now();
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert!(
+        connecting.elapsed() >= Duration::from_millis(950),
+        "BYE idle after only {:?} of --idle-timeout 1",
+        connecting.elapsed()
+    );
+    assert!(
+        greeted.elapsed() < Duration::from_secs(4),
+        "BYE idle only after {:?} of --idle-timeout 1",
+        greeted.elapsed()
+    );
+    assert!(silent.closes(), "then the connection closes");
+}

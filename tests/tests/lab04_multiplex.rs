@@ -743,3 +743,29 @@ fn an_idle_timeout_says_bye_to_a_silent_client_even_when_nothing_else_happens() 
     );
     assert!(silent.closes(), "then the connection closes");
 }
+
+#[test]
+fn a_client_that_resets_is_closed_and_its_descriptor_freed() {
+    for args in [
+        &["--api", "select"][..],
+        &["--api", "poll"],
+        &["--api", "epoll"],
+        &["--api", "epoll", "--edge"],
+    ] {
+        let server = Server::start(SERVER, args);
+        let mut client = server.greeted();
+        assert_eq!(client.request("ECHO before"), "OK before");
+        // Counted once the loop is running (it may open its own descriptors after `listening on`).
+        let with_client = procfs::fd_count(server.pid());
+        // A reset (RST) instead of a FIN: the server's next read fails with ECONNRESET.
+        client.reset();
+        assert!(
+            wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
+                < with_client),
+            "{args:?}: the reset client's descriptor is still open ({} open, {with_client} with it)",
+            procfs::fd_count(server.pid())
+        );
+        let mut next = server.greeted();
+        assert_eq!(next.request("ECHO after"), "OK after", "{args:?}");
+    }
+}

@@ -4,8 +4,9 @@
 //!
 //! - A step is a `## Step N: ...` section (Korean: `## N단계: ...`).
 //! - A ` ```console ` block is typed: `$ ` lines are shell commands, `> ` lines what the student
-//!   types into the client running in that terminal, `...` (or a line starting with `...`) an
-//!   elided part of the output, every other line output the screen must show.
+//!   types into the client running in that terminal, `^Z` or `^C` alone a key pressed, `...` (or
+//!   a line starting with `...`) an elided part of the output, every other line output the screen
+//!   must show.
 //! - A ` ```text ` block is output only (a server's narration); it is compared when the prose just
 //!   before it names the terminal it shows (`Terminal 1:`). A first line starting with `^C` means
 //!   the student pressed Ctrl-C in that terminal.
@@ -33,6 +34,8 @@ pub enum Line {
     Output(String),
     /// `...`: output left out.
     Elided,
+    /// `^Z` or `^C` alone on a line: the student presses Ctrl-Z or Ctrl-C (tmux's `C-z`, `C-c`).
+    Key(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +235,8 @@ fn block_lines(body: &[&str], kind: Kind) -> (bool, Vec<Line>) {
         }
         let line = if text.starts_with("...") {
             Line::Elided
+        } else if kind == Kind::Console && (text == "^Z" || text == "^C") {
+            Line::Key(format!("C-{}", text[1..].to_ascii_lowercase()))
         } else if kind == Kind::Console && (text == "$" || text.starts_with("$ ")) {
             Line::Command(text[1..].trim().to_string())
         } else if kind == Kind::Console && (text == ">" || text.starts_with("> ")) {
@@ -276,6 +281,7 @@ $ cargo run -p lab09-sample --bin sample-client
 HELLO sample pid=15003
 > WHO
 OK pid=15003
+^Z
 ...
 ```
 
@@ -384,6 +390,7 @@ $ not played
                 Line::Output("HELLO sample pid=15003".into()),
                 Line::Input("WHO".into()),
                 Line::Output("OK pid=15003".into()),
+                Line::Key("C-z".into()),
                 Line::Elided,
             ]
         );

@@ -123,6 +123,17 @@ impl Player {
                     }
                 }
                 Line::Elided => {}
+                Line::Key(key) => {
+                    if let Wait::Failed(m) =
+                        self.expect(block, terminal, &mut expected, typed, start)?
+                    {
+                        return Ok(Wait::Failed(m));
+                    }
+                    if self.verbose {
+                        eprintln!("    [{}] {key}", terminal_name(terminal));
+                    }
+                    self.terminals.key(terminal, key)?;
+                }
                 Line::Command(command) | Line::Input(command) => {
                     if let Wait::Failed(m) =
                         self.expect(block, terminal, &mut expected, typed, start)?
@@ -190,8 +201,11 @@ impl Player {
                 last_change = (screen.clone(), Instant::now());
                 false
             } else {
+                // (A pipeline's first process may be a subshell: `bash` in front is not enough,
+                // the prompt must be back.)
                 typed.is_some()
                     && last_change.1.elapsed() > Duration::from_secs(3)
+                    && screen.last().is_some_and(|l| l == "$")
                     && self.terminals.foreground(terminal)? == "bash"
             };
             // Once cargo has built, what it runs gets the ordinary timeout.

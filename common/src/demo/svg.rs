@@ -855,6 +855,10 @@ mod tests {
             let y = number(axis_line, "y1");
             assert!(lowest_mark < y, "marks {lowest_mark} cross the axis {y}");
             assert!(
+                y - lowest_mark < 10.0,
+                "a gap between the rows and the axis"
+            );
+            assert!(
                 y + SMALL <= numbers && numbers + FONT_SIZE <= title,
                 "{y} {numbers} {title}"
             );
@@ -866,40 +870,67 @@ mod tests {
         }
     }
 
+    /// Checks a legend's items: side by side without overlapping, within the width, a new line
+    /// starting at the left edge one line lower. Returns how many lines it has.
+    fn check_legend(legend: roxmltree::Node) -> usize {
+        let mut previous: Option<(f64, f64)> = None; // (line y, where the last item ended)
+        let mut lines = 1;
+        for item in legend.children().filter(|n| n.is_element()) {
+            let t = item.attribute("transform").unwrap();
+            let (x, y) = t
+                .strip_prefix("translate(")
+                .and_then(|t| t.strip_suffix(')'))
+                .and_then(|t| t.split_once(','))
+                .unwrap();
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            let text = item.children().find(|n| n.has_tag_name("text")).unwrap();
+            let end = x + number(text, "x") + text_width(text.text().unwrap(), SMALL);
+            assert!(x >= 10.0 && end <= WIDTH - 10.0, "{t} ends at {end}");
+            if let Some((line, ended)) = previous {
+                if y == line {
+                    assert!(
+                        x >= ended,
+                        "{t} overlaps the item before, which ends at {ended}"
+                    );
+                } else {
+                    assert!((y - line - 22.0).abs() < 0.2 && x == 10.0, "{t}");
+                    // It went to a new line because it did not fit on the last one (after the
+                    // 16 px between items).
+                    assert!(
+                        ended + 16.0 + number(text, "x") + text_width(text.text().unwrap(), SMALL)
+                            > WIDTH - 10.0
+                    );
+                    lines += 1;
+                }
+            }
+            previous = Some((y, end));
+        }
+        lines
+    }
+
     #[test]
     fn legend_items_do_not_overlap_and_fit_the_width() {
         for language in [Language::English, Language::Korean] {
             let svg = render(Model::Iterative, &iterative_rows(), language);
             let doc = roxmltree::Document::parse(&svg).unwrap();
-            let mut previous: Option<(f64, f64)> = None; // (line y, where the last item ended)
-            for item in class(&doc, "legend")[0]
-                .children()
-                .filter(|n| n.is_element())
-            {
-                let t = item.attribute("transform").unwrap();
-                let (x, y) = t
-                    .strip_prefix("translate(")
-                    .and_then(|t| t.strip_suffix(')'))
-                    .and_then(|t| t.split_once(','))
-                    .unwrap();
-                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
-                let text = item.children().find(|n| n.has_tag_name("text")).unwrap();
-                let end = x + number(text, "x") + text_width(text.text().unwrap(), SMALL);
-                assert!(x >= 10.0 && end <= WIDTH - 10.0, "{t} ends at {end}");
-                if let Some((line, ended)) = previous {
-                    assert!(y >= line);
-                    if y == line {
-                        assert!(
-                            x >= ended,
-                            "{t} overlaps the item before, which ends at {ended}"
-                        );
-                    } else {
-                        assert!((y - line - 22.0).abs() < 0.2 && x == 10.0, "{t}");
-                    }
-                }
-                previous = Some((y, end));
-            }
+            assert_eq!(check_legend(class(&doc, "legend")[0]), 1);
         }
+        // Labels too long for one line wrap onto the next ones.
+        let long = Labels {
+            connected: "connected: the kernel finished the handshake",
+            waiting: "waiting for HELLO, in the accept queue or elsewhere",
+            served: "being served by a process or a thread",
+            ..ENGLISH
+        };
+        let (legend, height) = legend(&long, 100.0);
+        let svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg">{legend}</svg>"#);
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let lines = check_legend(class(&doc, "legend")[0]);
+        assert!(lines >= 2);
+        assert!(
+            (height - 22.0 * (lines - 1) as f64).abs() < 0.2,
+            "{height} for {lines} lines"
+        );
     }
 
     #[test]

@@ -376,6 +376,24 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
     assert_eq!(b.next_message(), Ok(format!("MSG {a_id} still here")));
 }
 
+#[test]
+fn a_client_that_resets_its_connection_ends_its_child() {
+    let server = start(&[]);
+    let mut gone = server.greeted();
+    let pid = gone.serving_pid();
+    assert_eq!(gone.request("INCR"), "OK 1");
+    // A reset (RST) in the middle of a line: the read fails with ECONNRESET, and the child must
+    // end (and be reaped), not go on polling a dead connection.
+    gone.send_raw(b"INCR\nECHO this line never ends");
+    gone.reset();
+    assert!(
+        server.child_is_gone(pid, Duration::from_secs(10)),
+        "the child of a client that reset its connection is still there"
+    );
+    let mut next = server.greeted();
+    assert_eq!(next.request("ECHO still serving"), "OK still serving");
+}
+
 /// Stops a busy server with `signal` and checks that it leaves nothing behind.
 fn stops_cleanly_on(signal: Signal) {
     let mut server = start(&["--allow-panic"]);

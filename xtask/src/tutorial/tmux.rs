@@ -3,8 +3,10 @@
 //! `tmux -L <socket>` starts a server of our own, so a user's tmux is never touched. Each window
 //! runs an interactive bash with job control (as a student's terminal does, so a background job
 //! that reads the terminal is stopped, and `fg` works) and the prompt `$ `, as in the tutorials.
-//! This process is made a child subreaper: whatever the windows start stays our descendant even
-//! when its parent exits, and [`Terminals`]' drop kills all of it, on success, failure or Ctrl-C.
+//! Every window's shell leads a session of its own, and whatever it starts stays in that session
+//! even when its parent exits (an orphaned child is adopted by init, as a tutorial shows):
+//! [`Terminals`]' drop kills the tmux server and every process of those sessions, on success,
+//! failure or Ctrl-C.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,6 @@ pub struct Terminals {
 impl Terminals {
     /// A new tmux server whose windows start in `dir`.
     pub fn start(dir: &Path, name: &str) -> anyhow::Result<Terminals> {
-        let _ = nix::sys::prctl::set_child_subreaper(true);
         // The terminals run at the usual priority even when the replay runs under `nice`: `ps`
         // shows a niced process's state with an `N` a student's terminal does not show. Lowering
         // the niceness needs privileges; without them the terminals stay niced.
@@ -161,36 +162,44 @@ impl Drop for Terminals {
     fn drop(&mut self) {
         // Where the server's socket was (tmux leaves the file behind when killed).
         let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
+        let shells: Vec<i32> = self
+            .tmux(&["list-panes", "-a", "-F", "#{pane_pid}"])
+            .map(|pids| pids.lines().filter_map(|p| p.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        // SIGTERM first, as a student's Ctrl-C or kill would: the servers stop cleanly and remove
+        // their IPC objects. (Killing the tmux server first would hang their terminals up, and
+        // SIGHUP ends them without cleaning up.) The shells ignore SIGTERM; tmux's exit ends them.
+        stop(&shells, Signal::SIGTERM, Duration::from_secs(4));
         let _ = self.tmux(&["kill-server"]);
-        kill_descendants();
+        stop(&shells, Signal::SIGKILL, Duration::from_secs(2));
         if let Ok(path) = socket {
             let _ = std::fs::remove_file(path.trim());
         }
     }
 }
 
-/// Kills every process below this one (SIGTERM, then SIGKILL after a second), and reaps them.
-pub fn kill_descendants() {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut signal = Signal::SIGTERM;
+/// Sends `signal` (and SIGCONT, for stopped jobs) to every process of the shells' sessions and
+/// below this one, but the shells, and waits up to `wait` for them to end, reaping our children.
+fn stop(shells: &[i32], signal: Signal, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let mut signalled = Vec::new();
     loop {
-        let pids = descendants(std::process::id() as i32);
         reap();
-        if pids.is_empty() {
+        let pids: Vec<i32> = processes(std::process::id() as i32, shells)
+            .into_iter()
+            .filter(|pid| !shells.contains(pid))
+            .collect();
+        if pids.is_empty() || Instant::now() > deadline {
             return;
         }
         for &pid in &pids {
-            let _ = kill(Pid::from_raw(pid), signal);
-            // A stopped job would keep its SIGTERM pending.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            if !signalled.contains(&pid) {
+                let _ = kill(Pid::from_raw(pid), signal);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                signalled.push(pid);
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() > deadline {
-            signal = Signal::SIGKILL;
-        }
-        if Instant::now() > deadline + Duration::from_secs(5) {
-            return;
-        }
     }
 }
 
@@ -202,9 +211,11 @@ fn reap() {
     }
 }
 
-/// The live processes below `root`, from /proc (zombies left out: they only need reaping).
-fn descendants(root: i32) -> Vec<i32> {
+/// The live processes below `root` or in one of `sessions`, from /proc (zombies left out: they
+/// only need reaping).
+fn processes(root: i32, sessions: &[i32]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -219,16 +230,22 @@ fn descendants(root: i32) -> Vec<i32> {
         let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
             continue;
         };
-        let mut fields = after.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) else {
+        // state ppid pgrp session ...
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let (Some(state), Some(ppid), Some(session)) = (
+            fields.first(),
+            fields.get(1).and_then(|p| p.parse().ok()),
+            fields.get(3).and_then(|s| s.parse::<i32>().ok()),
+        ) else {
             continue;
         };
-        if state != "Z" {
+        if *state != "Z" {
             children.entry(ppid).or_default().push(pid);
+            if sessions.contains(&session) && pid != root {
+                found.push(pid);
+            }
         }
     }
-    let mut found = Vec::new();
     let mut queue = vec![root];
     while let Some(pid) = queue.pop() {
         for &child in children.get(&pid).into_iter().flatten() {
@@ -236,5 +253,7 @@ fn descendants(root: i32) -> Vec<i32> {
             queue.push(child);
         }
     }
+    found.sort_unstable();
+    found.dedup();
     found
 }

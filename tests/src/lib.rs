@@ -215,6 +215,30 @@ fn become_subreaper() {
     });
 }
 
+/// Makes what `command` starts receive SIGKILL if the test that starts it dies first.
+///
+/// Dropping a [`Server`] kills its group, but a test process that is itself killed (a runner's
+/// time limit, Ctrl-C, cargo-mutants giving up on a mutant that hangs) drops nothing: without
+/// this, its servers would run on, some of them spinning, on the student's machine. The kernel
+/// sends the signal when the *thread* that spawned the process ends, so spawn servers from the
+/// test's own thread (every test here does), not from a helper thread that returns early.
+fn die_with_this_test(command: &mut Command) {
+    let test_process = nix::unistd::getpid();
+    // SAFETY: pre_exec runs in the forked child before exec, where only async-signal-safe calls
+    // are allowed; prctl(2) and getppid(2) are plain system calls that allocate nothing and take
+    // no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The test may have died between fork and prctl: then nothing would send the signal.
+            if nix::unistd::getppid() != test_process {
+                return Err(std::io::Error::other("the test process is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The process group of this test process.
 fn our_pgrp() -> i32 {
     nix::unistd::getpgrp().as_raw()
@@ -413,6 +437,7 @@ impl Server {
             .stderr(Stdio::piped())
             // Its own process group, so that drop can kill it and every child it forked.
             .process_group(0);
+        die_with_this_test(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
@@ -738,6 +763,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> (ExitStatus,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    die_with_this_test(&mut command);
     let mut child = command.spawn().expect("spawn");
     let out = collect(child.stdout.take().expect("piped"));
     let err = collect(child.stderr.take().expect("piped"));

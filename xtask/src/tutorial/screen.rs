@@ -61,9 +61,14 @@ impl Pattern {
             let whole = found.get(0).unwrap();
             literal(&text[at..whole.start()], &mut atoms);
             at = whole.end();
-            if found.name("cut").is_some() {
-                // A string strace cut at 32 bytes: where it is cut depends on the numbers in it.
-                atoms.push(r#""[^"]*"\.\.\."#.into());
+            if let Some(cut) = found.name("cut") {
+                // A string strace cut at 32 bytes: where it is cut depends on the numbers in it,
+                // so only what comes before its first digit is compared (and with short numbers it
+                // may fit whole: no `...`).
+                let text = cut.as_str();
+                let before = &text[..text.find(|c: char| c.is_ascii_digit()).unwrap_or(1)];
+                literal(before, &mut atoms);
+                atoms.push(r#"[^"]*"(?:\.\.\.)?"#.into());
             } else if found.name("clock").is_some() {
                 atoms.push(r"\d{2}:\d{2}:\d{2}(?:\.\d+)?".into());
             } else if found.name("duration").is_some() || found.name("decimal").is_some() {
@@ -265,6 +270,27 @@ mod tests {
         let cut_early = Pattern::new(
             r#"sendto(4, "OK model=iterative pid=17409 tid"..., 48, MSG_NOSIGNAL, NULL, 0) = 48"#,
         );
+        assert!(cut_early
+            .matches(
+                r#"sendto(4, "OK model=iterative pid=997 tid=9"..., 44, MSG_NOSIGNAL, NULL, 0) = 44"#,
+                &known
+            )
+            .is_some());
+        assert!(cut_early
+            .matches(
+                r#"sendto(4, "HELLO iterative pid=997 tid=997"..., 34, MSG_NOSIGNAL, NULL, 0) = 34"#,
+                &known
+            )
+            .is_none());
+        let hello = Pattern::new(
+            r#"sendto(4, "HELLO iterative pid=17409 tid=17"..., 36, MSG_NOSIGNAL, NULL, 0) = 36"#,
+        );
+        assert!(hello
+            .matches(
+                r#"sendto(4, "HELLO iterative pid=997 tid=997\n", 32, MSG_NOSIGNAL, NULL, 0) = 32"#,
+                &known
+            )
+            .is_some());
         assert!(cut_early
             .matches(
                 r#"sendto(4, "OK model=iterative pid=9409 tid="..., 47, MSG_NOSIGNAL, NULL, 0) = 47"#,

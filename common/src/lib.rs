@@ -8,12 +8,10 @@
 //! - [`narration`]: what the server tells the student on stderr (the [`narrate!`] macro);
 //! - [`signals`]: stopping cleanly on SIGINT/SIGTERM;
 //! - [`fork`]: a fork server's plumbing: race-free waits, its table of children, stopping them;
-//! - [`client`]: the interactive client;
-//! - [`demo`]: the one-command demo with its timeline.
+//! - [`client`]: the interactive client.
 
 pub mod cli;
 pub mod client;
-pub mod demo;
 pub mod fork;
 pub mod framing;
 pub mod listener;

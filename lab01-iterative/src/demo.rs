@@ -1,5 +1,5 @@
 //! The `--demo N` script of lab01: what each scripted client sends (the demo itself is
-//! `common::demo`).
+//! the `walkthrough` crate).
 
 use common::cli::ServerArgs;
 use common::Model;
@@ -7,7 +7,7 @@ use common::Model;
 /// With `--demo N`: runs the demo and exits. Without it: returns at once.
 pub fn run_if_asked(args: &ServerArgs) {
     if let Some(clients) = args.demo {
-        common::demo::run(
+        walkthrough::run(
             Model::Iterative,
             clients,
             "The clients connect 100 ms apart; each waits in the accept queue until the one before it sends QUIT.",

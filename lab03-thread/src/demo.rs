@@ -3,12 +3,12 @@
 //! Everyone is greeted at once, so the clients wait for each other (`TOGETHER`) and then all
 //! `SLEEP` side by side, count with `INCR`, and each `SAY`s hello and hears the others.
 
-use common::demo::{self, TOGETHER};
 use common::Model;
+use walkthrough::TOGETHER;
 
-/// Runs the demo with `clients` scripted clients (see `common::demo`), then exits.
+/// Runs the demo with `clients` scripted clients (see the `walkthrough` crate), then exits.
 pub fn run(clients: u32) -> ! {
-    demo::run(
+    walkthrough::run(
         Model::Thread,
         clients,
         "The clients connect 100 ms apart and each is greeted at once: one pid, a thread (tid) each. \
@@ -20,7 +20,7 @@ pub fn run(clients: u32) -> ! {
                 "SLEEP 300".into(),
                 "INCR".into(),
                 format!("SAY hello from client {i}"),
-                demo::messages(clients - 1),
+                walkthrough::messages(clients - 1),
                 "QUIT".into(),
             ]
         },

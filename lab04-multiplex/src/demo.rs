@@ -5,9 +5,9 @@
 
 use common::Model;
 
-/// Runs the demo with `clients` scripted clients (see `common::demo`), then exits.
+/// Runs the demo with `clients` scripted clients (see the `walkthrough` crate), then exits.
 pub fn run(clients: u32) -> ! {
-    common::demo::run(
+    walkthrough::run(
         Model::Multiplex,
         clients,
         "One thread serves everyone: all clients see the same pid and tid. Client 1 asks for \

@@ -1,15 +1,21 @@
 //! `--demo N`: see a server model at work with one command, no second terminal.
 //!
-//! The demo starts the *same* server binary again as a separate process (without `--demo`, on a
-//! port the OS picks), runs N scripted clients against it, one thread each, a little apart so
-//! they connect in order, and prints a timeline on stdout: when each client connected, when it
-//! was greeted (and by which pid/tid), what it sent and when the answer came. The server's own
-//! narration appears on stderr in between. At the end the demo stops the server with SIGTERM and
-//! prints a summary. With `--svg FILE` it also draws the timeline as a picture into FILE (see
-//! [`svg`]).
+//! The walkthrough starts the *same* server binary again as a separate process (without
+//! `--demo`, on a port the OS picks), runs N scripted clients against it, one thread each, a
+//! little apart so they connect in order, and prints a timeline on stdout: when each client
+//! connected, when it was greeted (and by which pid/tid), what it sent and when the answer came.
+//! The server's own narration appears on stderr in between. At the end it stops the server with
+//! SIGTERM and prints a summary. With `--svg FILE` it also draws the timeline as a picture into
+//! FILE (see [`svg`]).
 //!
 //! The server runs in its own process on purpose: a fork server must stay single-threaded, and
-//! the demo's client threads would break that if they shared its process.
+//! the walkthrough's client threads would break that if they shared its process.
+//!
+//! This is a teaching tool, not server plumbing, so it lives in its own crate beside `common`
+//! (which still parses the `--demo N` and `--svg FILE` flags every server accepts). It is named
+//! `walkthrough`, not `demo`, because each lab already has a `demo` module (its `src/demo.rs`,
+//! what the scripted clients send): in a lab, `demo::run` is that lab's script and
+//! `walkthrough::run` is the machinery that plays it, and one name never means both.
 
 pub mod svg;
 
@@ -23,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::protocol::Model;
+use common::Model;
 use svg::{ClientTimeline, Language, Request};
 
 /// What one demo client does: the request lines it sends, in order, one after another. Two
@@ -76,7 +82,7 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
     // Create the picture's file first, so that a path we cannot write fails before the demo runs.
     let picture = command_line.svg.as_ref().map(|path| {
         let file = File::create(path).unwrap_or_else(|e| {
-            crate::exit_with_error(&format!("cannot create {}: {e}", path.display()))
+            common::exit_with_error(&format!("cannot create {}: {e}", path.display()))
         });
         (path, file)
     });
@@ -135,7 +141,7 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
     if let Some((path, mut file)) = picture {
         let picture = svg::render(model, &timelines, Language::from_locale());
         if let Err(e) = file.write_all(picture.as_bytes()) {
-            crate::exit_with_error(&format!("cannot write {}: {e}", path.display()));
+            common::exit_with_error(&format!("cannot write {}: {e}", path.display()));
         }
         println!("\ntimeline picture written to {}", path.display());
     }
@@ -292,7 +298,7 @@ fn run_client(
 /// line.
 fn start_server(args: &[OsString]) -> (Child, u16) {
     let exe = std::env::current_exe()
-        .unwrap_or_else(|e| crate::exit_with_error(&format!("cannot find my own binary: {e}")));
+        .unwrap_or_else(|e| common::exit_with_error(&format!("cannot find my own binary: {e}")));
     let mut args = args.to_vec();
     if !args.iter().any(|a| {
         let a = a.to_string_lossy();
@@ -305,7 +311,7 @@ fn start_server(args: &[OsString]) -> (Child, u16) {
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| crate::exit_with_error(&format!("cannot start the server: {e}")));
+        .unwrap_or_else(|e| common::exit_with_error(&format!("cannot start the server: {e}")));
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
@@ -319,7 +325,7 @@ fn start_server(args: &[OsString]) -> (Child, u16) {
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            crate::exit_with_error("the server did not start (see its message above)");
+            common::exit_with_error("the server did not start (see its message above)");
         }
     }
 }

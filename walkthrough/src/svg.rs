@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::protocol::Model;
+use common::Model;
 
 /// What one demo client lived through, measured from the start of the demo.
 #[derive(Clone, Debug, Default)]

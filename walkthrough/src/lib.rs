@@ -88,19 +88,40 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
     });
     let (mut server, port) = start_server(&command_line.server_args);
     let clock = Instant::now();
-    let out = Arc::new(Mutex::new(()));
-    let meeting = Arc::new(Meeting {
-        arrived: Mutex::new(0),
-        all_here: Condvar::new(),
-        expected: clients,
-    });
     println!(
         "== demo: {model} server (pid {}) on 127.0.0.1:{port}, {clients} clients ==",
         server.id()
     );
     println!("{intro}");
     println!("(timeline on stdout; the server's narration on stderr)\n");
+    let timelines = run_clients(port, clients, clock, script);
+    stop_server(&mut server);
+    print_summary(model, &timelines);
+    if let Some((path, mut file)) = picture {
+        let picture = svg::render(model, &timelines, Language::from_locale());
+        if let Err(e) = file.write_all(picture.as_bytes()) {
+            common::exit_with_error(&format!("cannot write {}: {e}", path.display()));
+        }
+        println!("\ntimeline picture written to {}", path.display());
+    }
+    std::process::exit(0);
+}
 
+/// Starts `clients` clients against the server on `port`, one thread each, 100 ms apart, client
+/// `i` following `script(i)`; returns what each lived through (times since `clock`) once all
+/// are done.
+fn run_clients(
+    port: u16,
+    clients: u32,
+    clock: Instant,
+    script: impl Fn(u32) -> Script,
+) -> Vec<ClientTimeline> {
+    let out = Arc::new(Mutex::new(()));
+    let meeting = Arc::new(Meeting {
+        arrived: Mutex::new(0),
+        all_here: Condvar::new(),
+        expected: clients,
+    });
     let mut handles = Vec::new();
     for i in 1..=clients {
         let lines = script(i);
@@ -117,13 +138,15 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
         }));
         thread::sleep(Duration::from_millis(100)); // so they connect in order
     }
-    let timelines: Vec<ClientTimeline> =
-        handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
 
-    stop_server(&mut server);
+/// The summary table: for each client, when it connected, how long until its `HELLO`, and who
+/// served it.
+fn print_summary(model: Model, timelines: &[ClientTimeline]) {
     println!("\n== summary ==");
     println!("client  connected  greeted after  served by");
-    for t in &timelines {
+    for t in timelines {
         let (greeted_after, served_by) = match (t.connected, &t.greeted) {
             (Some(connected), Some((greeted, by))) => (
                 format!("{:.0} ms", (*greeted - connected).as_secs_f64() * 1000.0),
@@ -138,14 +161,6 @@ pub fn run(model: Model, clients: u32, intro: &str, script: impl Fn(u32) -> Scri
             greeted_after,
         );
     }
-    if let Some((path, mut file)) = picture {
-        let picture = svg::render(model, &timelines, Language::from_locale());
-        if let Err(e) = file.write_all(picture.as_bytes()) {
-            common::exit_with_error(&format!("cannot write {}: {e}", path.display()));
-        }
-        println!("\ntimeline picture written to {}", path.display());
-    }
-    std::process::exit(0);
 }
 
 /// What the demo takes from its own command line, which clap has already checked: the server's
@@ -178,7 +193,7 @@ impl CommandLine {
 }
 
 /// Runs one demo client's script, printing each step on the timeline and recording it in
-/// `timeline`.
+/// `timeline`. It stops early when the server closes or cannot be reached.
 fn run_client(
     timeline: &mut ClientTimeline,
     port: u16,
@@ -187,109 +202,173 @@ fn run_client(
     out: &Mutex<()>,
     meeting: &Meeting,
 ) {
-    let i = timeline.client;
-    let say = |what: String| {
-        let _guard = out.lock().unwrap_or_else(|p| p.into_inner());
-        println!("{:8.3}s  client {i}  {what}", clock.elapsed().as_secs_f64());
-        let _ = std::io::stdout().flush();
+    let mut client = DemoClient {
+        timeline,
+        clock,
+        out,
     };
-    let stream = match TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(e) => {
-            say(format!("could not connect: {e}"));
-            return;
-        }
+    let Some((stream, connected)) = client.connect(port) else {
+        return;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let connected = clock.elapsed();
-    timeline.connected = Some(connected);
-    say("connected (the kernel finished the handshake; now waiting for HELLO)".into());
     let mut reader = BufReader::new(&stream);
-    let mut writer = &stream;
-    let read = |reader: &mut BufReader<&TcpStream>| -> Option<String> {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim_end().to_string()),
-        }
-    };
-    match read(&mut reader) {
-        Some(hello) => {
-            let greeted = clock.elapsed();
-            say(format!(
-                "<- {hello}   (waited {:.0} ms)",
-                (greeted - connected).as_secs_f64() * 1000.0
-            ));
-            // "HELLO <model> pid=.. tid=..": keep what tells who serves us.
-            let served_by = hello.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
-            timeline.greeted = Some((greeted, served_by));
-        }
-        None => {
-            say("the server closed before greeting".into());
+    if !client.await_greeting(&mut reader, connected) {
+        return;
+    }
+    for request in lines {
+        let carry_on = if request == TOGETHER {
+            client.meet(meeting);
+            true
+        } else if let Some(count) = broadcasts_to_await(&request) {
+            client.await_broadcasts(&mut reader, count)
+        } else {
+            client.send_and_await_reply(&stream, &mut reader, request)
+        };
+        if !carry_on {
             return;
         }
     }
-    for request in lines {
-        if request == TOGETHER {
-            say("waits until every client has been greeted".into());
-            if !meeting.arrive() {
-                say("gave up waiting for the others".into());
+}
+
+/// The N of a `#messages N` script line (see [`messages`]).
+fn broadcasts_to_await(request: &str) -> Option<usize> {
+    request
+        .strip_prefix("#messages ")
+        .and_then(|n| n.parse::<usize>().ok())
+}
+
+/// One demo client at work: what it has lived through so far, the demo's clock, and the lock
+/// that keeps the clients' lines on stdout whole.
+struct DemoClient<'a> {
+    timeline: &'a mut ClientTimeline,
+    clock: Instant,
+    out: &'a Mutex<()>,
+}
+
+impl DemoClient<'_> {
+    /// Prints one line of the timeline: the time, the client, `what` happened.
+    fn say(&self, what: String) {
+        let _guard = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let i = self.timeline.client;
+        println!(
+            "{:8.3}s  client {i}  {what}",
+            self.clock.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Connects to the server; returns the connection and when the handshake was done.
+    fn connect(&mut self, port: u16) -> Option<(TcpStream, Duration)> {
+        let stream = match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.say(format!("could not connect: {e}"));
+                return None;
             }
-            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let connected = self.clock.elapsed();
+        self.timeline.connected = Some(connected);
+        self.say("connected (the kernel finished the handshake; now waiting for HELLO)".into());
+        Some((stream, connected))
+    }
+
+    /// Waits for the `HELLO` line and prints how long it took since `connected`; false if the
+    /// server closed first.
+    fn await_greeting(&mut self, reader: &mut BufReader<&TcpStream>, connected: Duration) -> bool {
+        let Some(hello) = read_line(reader) else {
+            self.say("the server closed before greeting".into());
+            return false;
+        };
+        let greeted = self.clock.elapsed();
+        self.say(format!(
+            "<- {hello}   (waited {:.0} ms)",
+            (greeted - connected).as_secs_f64() * 1000.0
+        ));
+        // "HELLO <model> pid=.. tid=..": keep what tells who serves us.
+        let served_by = hello.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
+        self.timeline.greeted = Some((greeted, served_by));
+        true
+    }
+
+    /// [`TOGETHER`]: waits until every client has reached this line (or the meeting gave up).
+    fn meet(&self, meeting: &Meeting) {
+        self.say("waits until every client has been greeted".into());
+        if !meeting.arrive() {
+            self.say("gave up waiting for the others".into());
         }
-        if let Some(count) = request
-            .strip_prefix("#messages ")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            let received = timeline.broadcasts.len();
-            if received < count {
-                say(format!("waits for {} more broadcast(s)", count - received));
-            }
-            while timeline.broadcasts.len() < count {
-                match read(&mut reader) {
-                    Some(line) if line.starts_with("MSG ") => {
-                        timeline.broadcasts.push(clock.elapsed());
-                        say(format!("<- {line}   (a broadcast)"));
-                    }
-                    Some(line) => say(format!("<- {line}")),
-                    None => {
-                        say("stopped waiting: no more broadcasts came".into());
-                        return;
-                    }
+    }
+
+    /// `#messages count`: reads until `count` broadcasts have arrived in all; false if the
+    /// server closed first.
+    fn await_broadcasts(&mut self, reader: &mut BufReader<&TcpStream>, count: usize) -> bool {
+        let received = self.timeline.broadcasts.len();
+        if received < count {
+            self.say(format!("waits for {} more broadcast(s)", count - received));
+        }
+        while self.timeline.broadcasts.len() < count {
+            match read_line(reader) {
+                Some(line) if line.starts_with("MSG ") => self.record_broadcast(line),
+                Some(line) => self.say(format!("<- {line}")),
+                None => {
+                    self.say("stopped waiting: no more broadcasts came".into());
+                    return false;
                 }
             }
-            continue;
         }
-        say(format!("-> {request}"));
-        timeline.requests.push(Request {
-            text: request.clone(),
-            sent: clock.elapsed(),
+        true
+    }
+
+    /// Sends `request` and reads until its reply, noting the broadcasts (`MSG` lines from other
+    /// clients) that may come first; false if the server is gone.
+    fn send_and_await_reply(
+        &mut self,
+        mut writer: &TcpStream,
+        reader: &mut BufReader<&TcpStream>,
+        request: String,
+    ) -> bool {
+        self.say(format!("-> {request}"));
+        let line = format!("{request}\n");
+        self.timeline.requests.push(Request {
+            text: request,
+            sent: self.clock.elapsed(),
             answered: None,
         });
-        if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
-            say("the server is gone".into());
-            return;
+        if writer.write_all(line.as_bytes()).is_err() {
+            self.say("the server is gone".into());
+            return false;
         }
-        // Lines that are not replies (MSG from other clients) may come first.
         loop {
-            match read(&mut reader) {
-                Some(line) if line.starts_with("MSG ") => {
-                    timeline.broadcasts.push(clock.elapsed());
-                    say(format!("<- {line}   (a broadcast)"));
-                }
+            match read_line(reader) {
+                Some(line) if line.starts_with("MSG ") => self.record_broadcast(line),
                 Some(line) => {
-                    if let Some(last) = timeline.requests.last_mut() {
-                        last.answered = Some(clock.elapsed());
+                    if let Some(last) = self.timeline.requests.last_mut() {
+                        last.answered = Some(self.clock.elapsed());
                     }
-                    say(format!("<- {line}"));
-                    break;
+                    self.say(format!("<- {line}"));
+                    return true;
                 }
                 None => {
-                    say("the server closed the connection".into());
-                    return;
+                    self.say("the server closed the connection".into());
+                    return false;
                 }
             }
         }
+    }
+
+    /// Notes a broadcast (`MSG` line) that arrived now, and prints it.
+    fn record_broadcast(&mut self, line: String) {
+        self.timeline.broadcasts.push(self.clock.elapsed());
+        self.say(format!("<- {line}   (a broadcast)"));
+    }
+}
+
+/// One line from the server without its line ending; `None` at end of stream or on an error
+/// (the read timeout included).
+fn read_line(reader: &mut BufReader<&TcpStream>) -> Option<String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end().to_string()),
     }
 }
 

@@ -144,8 +144,28 @@ pub fn render(model: Model, rows: &[ClientTimeline], language: Language) -> Stri
         Language::English => &ENGLISH,
         Language::Korean => &KOREAN,
     };
-    let end = rows
-        .iter()
+    let end = last_moment(rows);
+    let (step, axis_end) = axis_ticks(end.as_secs_f64() * 1000.0);
+    let time = TimeAxis { end_ms: axis_end };
+    let rows_bottom = ROWS_TOP + ROW_HEIGHT * rows.len() as f64;
+    let legend_top = rows_bottom + 58.0;
+    let (legend, legend_height) = legend(labels, legend_top);
+    let height = legend_top + legend_height + 12.0;
+
+    let mut svg = String::new();
+    write_heading(&mut svg, &(labels.title)(model, rows.len()), height);
+    write_axis(&mut svg, labels, step, axis_end, rows_bottom);
+    for (index, row) in rows.iter().enumerate() {
+        write_row(&mut svg, labels, row, index, end, &time);
+    }
+    svg.push_str(&legend);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// When the last client left or got its last reply: where the time axis must reach.
+fn last_moment(rows: &[ClientTimeline]) -> Duration {
+    rows.iter()
         .flat_map(|r| {
             r.left
                 .iter()
@@ -153,23 +173,28 @@ pub fn render(model: Model, rows: &[ClientTimeline], language: Language) -> Stri
         })
         .max()
         .copied()
-        .unwrap_or_default();
-    let (step, axis_end) = axis_ticks(end.as_secs_f64() * 1000.0);
-    let x = |at: Duration| {
-        PLOT_LEFT + (at.as_secs_f64() * 1000.0 / axis_end) * (PLOT_RIGHT - PLOT_LEFT)
-    };
-    let rows_bottom = ROWS_TOP + ROW_HEIGHT * rows.len() as f64;
-    let legend_top = rows_bottom + 58.0;
-    let (legend, legend_height) = legend(labels, legend_top);
-    let height = legend_top + legend_height + 12.0;
+        .unwrap_or_default()
+}
 
-    let mut svg = String::new();
+/// The time axis: which x a moment of the demo is drawn at, when the axis ends at `end_ms`.
+struct TimeAxis {
+    end_ms: f64,
+}
+
+impl TimeAxis {
+    fn x(&self, at: Duration) -> f64 {
+        PLOT_LEFT + (at.as_secs_f64() * 1000.0 / self.end_ms) * (PLOT_RIGHT - PLOT_LEFT)
+    }
+}
+
+/// The `<svg>` element's opening tag, the picture's `title`, its white background and the title
+/// written at the top.
+fn write_heading(svg: &mut String, title: &str, height: f64) {
     let _ = writeln!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="{FONT_FAMILY}" font-size="{FONT_SIZE}" fill="{INK}">"#
     );
-    let title = (labels.title)(model, rows.len());
-    let _ = writeln!(svg, "  <title>{}</title>", escape(&title));
+    let _ = writeln!(svg, "  <title>{}</title>", escape(title));
     let _ = writeln!(
         svg,
         r##"  <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#fff"/>"##
@@ -178,10 +203,13 @@ pub fn render(model: Model, rows: &[ClientTimeline], language: Language) -> Stri
         svg,
         r#"  <text x="{}" y="26" text-anchor="middle" font-weight="bold" font-size="15">{}</text>"#,
         WIDTH / 2.0,
-        escape(&title)
+        escape(title)
     );
+}
 
-    // The time axis: a grid line and a number at every tick, under the rows.
+/// The time axis under the rows: a grid line and a number every `step` ms up to `axis_end`, the
+/// axis line and its title.
+fn write_axis(svg: &mut String, labels: &Labels, step: f64, axis_end: f64, rows_bottom: f64) {
     let _ = writeln!(svg, r#"  <g class="axis" font-size="{SMALL}">"#);
     let mut tick = 0.0;
     while tick <= axis_end + step / 2.0 {
@@ -212,124 +240,180 @@ pub fn render(model: Model, rows: &[ClientTimeline], language: Language) -> Stri
         escape(labels.axis)
     );
     let _ = writeln!(svg, "  </g>");
+}
 
-    for (index, row) in rows.iter().enumerate() {
-        let top = ROWS_TOP + ROW_HEIGHT * index as f64;
-        let bar_top = top + (ROW_HEIGHT - BAR_HEIGHT) / 2.0;
-        let middle = bar_top + BAR_HEIGHT / 2.0;
-        let _ = writeln!(svg, r#"  <g class="client" data-client="{}">"#, row.client);
-        let label_y = if row.greeted.is_some() {
-            middle - 2.0
-        } else {
-            middle + 4.0
-        };
+/// Where a row's bars are drawn: the top of its bars and their middle line.
+#[derive(Clone, Copy)]
+struct Bar {
+    top: f64,
+    middle: f64,
+}
+
+/// One client's row (the `index`-th from the top): its name, its waiting and served bars, its
+/// requests, the broadcasts it received and its three moments. `end` is when the demo's last
+/// client left, for a client that never did.
+fn write_row(
+    svg: &mut String,
+    labels: &Labels,
+    row: &ClientTimeline,
+    index: usize,
+    end: Duration,
+    time: &TimeAxis,
+) {
+    let top = ROWS_TOP + ROW_HEIGHT * index as f64;
+    let bar_top = top + (ROW_HEIGHT - BAR_HEIGHT) / 2.0;
+    let bar = Bar {
+        top: bar_top,
+        middle: bar_top + BAR_HEIGHT / 2.0,
+    };
+    let _ = writeln!(svg, r#"  <g class="client" data-client="{}">"#, row.client);
+    write_row_label(svg, labels, row, bar);
+    let Some(connected) = row.connected else {
         let _ = writeln!(
             svg,
-            r#"    <text x="10" y="{label_y:.1}" font-weight="bold">{}</text>"#,
-            escape(&(labels.client)(row.client))
+            r#"    <text x="{PLOT_LEFT}" y="{:.1}">{}</text>"#,
+            bar.middle + 4.0,
+            escape(labels.no_connection)
         );
-        if let Some((_, served_by)) = &row.greeted {
-            let _ = writeln!(
-                svg,
-                r##"    <text x="10" y="{:.1}" font-size="{SMALL}" fill="#666">{}</text>"##,
-                middle + 12.0,
-                escape(served_by)
-            );
-        }
-        let Some(connected) = row.connected else {
-            let _ = writeln!(
-                svg,
-                r#"    <text x="{PLOT_LEFT}" y="{:.1}">{}</text>"#,
-                middle + 4.0,
-                escape(labels.no_connection)
-            );
-            let _ = writeln!(svg, "  </g>");
-            continue;
-        };
-        let left = row.left.unwrap_or(end).max(connected);
-        let greeted = row.greeted.as_ref().map(|(at, _)| *at);
-
-        // Waiting: connected, no HELLO yet.
-        let wait_end = greeted.unwrap_or(left);
-        let (wx, ww) = span(x(connected), x(wait_end));
+        let _ = writeln!(svg, "  </g>");
+        return;
+    };
+    let left = row.left.unwrap_or(end).max(connected);
+    let greeted = row.greeted.as_ref().map(|(at, _)| *at);
+    write_wait(svg, labels, connected, greeted.unwrap_or(left), bar, time);
+    if let Some(greeted) = greeted {
+        write_service(svg, &row.requests, greeted, left, bar, time);
+    }
+    for &at in &row.broadcasts {
         let _ = writeln!(
             svg,
-            r#"    <rect class="waiting" x="{wx:.1}" y="{bar_top:.1}" width="{ww:.1}" height="{BAR_HEIGHT}" fill="{WAIT_FILL}" stroke="{WAIT_STROKE}"/>"#
+            r#"    <path class="broadcast" d="{}" fill="{CLIENT_STROKE}"/>"#,
+            diamond(time.x(at), bar.top - 3.0)
         );
-        let waited_ms = (wait_end - connected).as_millis() as u64;
-        let waited = (labels.waited)(waited_ms);
-        if text_width(&waited, SMALL) + 8.0 <= ww {
+    }
+    write_moments(svg, connected, greeted, left, bar, time);
+    let _ = writeln!(svg, "  </g>");
+}
+
+/// The row's name on the left ("client 2"), and under it who served the client, once greeted.
+fn write_row_label(svg: &mut String, labels: &Labels, row: &ClientTimeline, bar: Bar) {
+    let label_y = if row.greeted.is_some() {
+        bar.middle - 2.0
+    } else {
+        bar.middle + 4.0
+    };
+    let _ = writeln!(
+        svg,
+        r#"    <text x="10" y="{label_y:.1}" font-weight="bold">{}</text>"#,
+        escape(&(labels.client)(row.client))
+    );
+    if let Some((_, served_by)) = &row.greeted {
+        let _ = writeln!(
+            svg,
+            r##"    <text x="10" y="{:.1}" font-size="{SMALL}" fill="#666">{}</text>"##,
+            bar.middle + 12.0,
+            escape(served_by)
+        );
+    }
+}
+
+/// The waiting bar: connected, no HELLO yet, from `connected` to `wait_end`; labelled with how
+/// long it lasted when the label fits inside.
+fn write_wait(
+    svg: &mut String,
+    labels: &Labels,
+    connected: Duration,
+    wait_end: Duration,
+    bar: Bar,
+    time: &TimeAxis,
+) {
+    let (wx, ww) = span(time.x(connected), time.x(wait_end));
+    let _ = writeln!(
+        svg,
+        r#"    <rect class="waiting" x="{wx:.1}" y="{:.1}" width="{ww:.1}" height="{BAR_HEIGHT}" fill="{WAIT_FILL}" stroke="{WAIT_STROKE}"/>"#,
+        bar.top
+    );
+    let waited_ms = (wait_end - connected).as_millis() as u64;
+    let waited = (labels.waited)(waited_ms);
+    if text_width(&waited, SMALL) + 8.0 <= ww {
+        let _ = writeln!(
+            svg,
+            r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{SMALL}">{}</text>"#,
+            wx + ww / 2.0,
+            bar.middle + 4.0,
+            escape(&waited)
+        );
+    }
+}
+
+/// The served bar, from HELLO (`greeted`) until the client `left`, with each request's round trip
+/// inside it, labelled with the request when the label fits.
+fn write_service(
+    svg: &mut String,
+    requests: &[Request],
+    greeted: Duration,
+    left: Duration,
+    bar: Bar,
+    time: &TimeAxis,
+) {
+    let (sx, sw) = span(time.x(greeted), time.x(left.max(greeted)));
+    let _ = writeln!(
+        svg,
+        r#"    <rect class="served" x="{sx:.1}" y="{:.1}" width="{sw:.1}" height="{BAR_HEIGHT}" fill="{SERVE_FILL}" stroke="{SERVE_STROKE}"/>"#,
+        bar.top
+    );
+    for request in requests {
+        let answered = request.answered.unwrap_or(left).max(request.sent);
+        let (rx, rw) = span(time.x(request.sent), time.x(answered));
+        let _ = writeln!(
+            svg,
+            r#"    <rect class="request" x="{rx:.1}" y="{:.1}" width="{rw:.1}" height="{:.1}" fill="{REQUEST_FILL}" stroke="{SERVE_STROKE}" stroke-width="0.5"><title>{}</title></rect>"#,
+            bar.top + 3.0,
+            BAR_HEIGHT - 6.0,
+            escape(&request.text)
+        );
+        if text_width(&request.text, SMALL) + 6.0 <= rw {
             let _ = writeln!(
                 svg,
                 r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{SMALL}">{}</text>"#,
-                wx + ww / 2.0,
-                middle + 4.0,
-                escape(&waited)
+                rx + rw / 2.0,
+                bar.middle + 4.0,
+                escape(&request.text)
             );
         }
-
-        // Served: from HELLO until the client left, with each request's round trip inside.
-        if let Some(greeted) = greeted {
-            let (sx, sw) = span(x(greeted), x(left.max(greeted)));
-            let _ = writeln!(
-                svg,
-                r#"    <rect class="served" x="{sx:.1}" y="{bar_top:.1}" width="{sw:.1}" height="{BAR_HEIGHT}" fill="{SERVE_FILL}" stroke="{SERVE_STROKE}"/>"#
-            );
-            for request in &row.requests {
-                let answered = request.answered.unwrap_or(left).max(request.sent);
-                let (rx, rw) = span(x(request.sent), x(answered));
-                let _ = writeln!(
-                    svg,
-                    r#"    <rect class="request" x="{rx:.1}" y="{:.1}" width="{rw:.1}" height="{:.1}" fill="{REQUEST_FILL}" stroke="{SERVE_STROKE}" stroke-width="0.5"><title>{}</title></rect>"#,
-                    bar_top + 3.0,
-                    BAR_HEIGHT - 6.0,
-                    escape(&request.text)
-                );
-                if text_width(&request.text, SMALL) + 6.0 <= rw {
-                    let _ = writeln!(
-                        svg,
-                        r#"    <text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{SMALL}">{}</text>"#,
-                        rx + rw / 2.0,
-                        middle + 4.0,
-                        escape(&request.text)
-                    );
-                }
-            }
-        }
-        for &at in &row.broadcasts {
-            let _ = writeln!(
-                svg,
-                r#"    <path class="broadcast" d="{}" fill="{CLIENT_STROKE}"/>"#,
-                diamond(x(at), bar_top - 3.0)
-            );
-        }
-        // The three moments: connected (open circle), greeted (filled circle), left (square).
-        let _ = writeln!(
-            svg,
-            r##"    <circle class="connected" cx="{:.1}" cy="{:.1}" r="4" fill="#fff" stroke="{CLIENT_STROKE}" stroke-width="1.5"/>"##,
-            x(connected),
-            bar_top + BAR_HEIGHT + 5.0
-        );
-        if let Some(greeted) = greeted {
-            let _ = writeln!(
-                svg,
-                r#"    <circle class="greeted" cx="{:.1}" cy="{:.1}" r="3.5" fill="{CLIENT_STROKE}"/>"#,
-                x(greeted),
-                bar_top + BAR_HEIGHT + 5.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"    <rect class="left" x="{:.1}" y="{:.1}" width="7" height="7" fill="{INK}"/>"#,
-            x(left) - 3.5,
-            bar_top + BAR_HEIGHT + 1.5
-        );
-        let _ = writeln!(svg, "  </g>");
     }
+}
 
-    svg.push_str(&legend);
-    svg.push_str("</svg>\n");
-    svg
+/// The three moments under the bars: connected (open circle), greeted (filled circle), left
+/// (square).
+fn write_moments(
+    svg: &mut String,
+    connected: Duration,
+    greeted: Option<Duration>,
+    left: Duration,
+    bar: Bar,
+    time: &TimeAxis,
+) {
+    let _ = writeln!(
+        svg,
+        r##"    <circle class="connected" cx="{:.1}" cy="{:.1}" r="4" fill="#fff" stroke="{CLIENT_STROKE}" stroke-width="1.5"/>"##,
+        time.x(connected),
+        bar.top + BAR_HEIGHT + 5.0
+    );
+    if let Some(greeted) = greeted {
+        let _ = writeln!(
+            svg,
+            r#"    <circle class="greeted" cx="{:.1}" cy="{:.1}" r="3.5" fill="{CLIENT_STROKE}"/>"#,
+            time.x(greeted),
+            bar.top + BAR_HEIGHT + 5.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"    <rect class="left" x="{:.1}" y="{:.1}" width="7" height="7" fill="{INK}"/>"#,
+        time.x(left) - 3.5,
+        bar.top + BAR_HEIGHT + 1.5
+    );
 }
 
 /// The legend, laid out in lines that fit the width; returns it and how far below `top` its last

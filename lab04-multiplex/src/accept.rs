@@ -24,7 +24,6 @@ impl Acceptor {
         Ok(Acceptor { listener, spare })
     }
 
-    /// The listening socket's descriptor, to register with the readiness API.
     pub fn fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
@@ -68,9 +67,8 @@ impl Acceptor {
     }
 }
 
-/// Prepares an accepted client's socket for the event loop: non-blocking, `TCP_NODELAY` (each
-/// reply leaves at once: `common::session::prepare_client_socket` says why), and with
-/// `--send-buffer`, its kernel send buffer.
+/// Makes an accepted socket non-blocking, with `TCP_NODELAY` (each reply leaves at once:
+/// `common::session::prepare_client_socket` says why) and `--send-buffer`'s send buffer.
 pub fn prepare(stream: &TcpStream, send_buffer: Option<u32>) -> io::Result<()> {
     stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;

@@ -1,15 +1,13 @@
 //! The event loop's clients: each one's socket and buffers ([`Connection`]), and what they
-//! share ([`Everyone`]).
+//! share (the event loop itself).
 //!
 //! A blocking server keeps a client's state on the stack of the code serving it: "read a line,
 //! answer it" is straight-line code. An event loop serves a client a little at a time, between
 //! everyone else's turns, so whatever is half done must be kept here: the bytes of a line not
 //! yet complete (`input`) and the bytes of replies the kernel has not taken yet (`output`).
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::os::fd::RawFd;
 use std::time::Instant;
 
 use common::framing::LineFramer;
@@ -17,6 +15,7 @@ use common::protocol;
 use common::session::Shared;
 
 use crate::readiness::Interest;
+use crate::EventLoop;
 
 /// The most output one client may have waiting in our memory (on top of what the kernel's
 /// socket buffer holds). A client that asks and asks but never reads its replies, or that
@@ -27,9 +26,7 @@ pub const OUTPUT_CAP: usize = 256 * 1024;
 
 /// What the event loop keeps for one connected client.
 pub struct Connection {
-    /// The client's socket, non-blocking.
     pub stream: TcpStream,
-    /// The client's id (`WHO`, `MSG`, the narration).
     pub id: u64,
     /// Bytes received but not yet a whole line.
     pub input: LineFramer,
@@ -45,14 +42,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A client just accepted, watched for `watching`, with nothing received or to send yet.
-    pub fn new(stream: TcpStream, id: u64, watching: Interest) -> Self {
+    /// A client just accepted and watched for reading, with nothing received or to send yet.
+    pub fn new(stream: TcpStream, id: u64) -> Self {
         Connection {
             stream,
             id,
             input: LineFramer::new(),
             output: Vec::new(),
-            watching,
+            watching: Interest::READ,
             closing: None,
             last_heard: Instant::now(),
         }
@@ -64,13 +61,7 @@ impl Connection {
         self.output.push(b'\n');
     }
 
-    /// True once more than [`OUTPUT_CAP`] bytes wait for this client.
-    pub fn over_cap(&self) -> bool {
-        self.output.len() > OUTPUT_CAP
-    }
-
-    /// Writes what is waiting until it is all sent or the kernel's buffer is full. Returns
-    /// `Ok` in both cases: what is left stays in `output` for when the socket is writable again.
+    /// Writes what is waiting until all is sent or the kernel takes no more (`Ok` either way).
     pub fn write_pending(&mut self) -> io::Result<()> {
         // Task 2: a client's output buffer: keep what the kernel does not take.
         // A non-blocking write may take only part of the buffer (the client reads slowly and the
@@ -93,27 +84,18 @@ impl Connection {
     }
 }
 
-/// What the clients share: they all live in this one thread, so "shared" is just "here".
-/// While one client is being served, it is taken out of the table: `others` is then exactly
-/// "every other client", the ones a `SAY` goes to.
-pub struct Everyone<'a> {
-    /// Every client but the one being served.
-    pub others: &'a mut HashMap<RawFd, Connection>,
-    /// `INCR`'s counter.
-    pub counter: &'a mut u64,
-    /// The clients a `MSG` was queued for, to be written to.
-    pub touched: &'a mut Vec<RawFd>,
-}
-
-impl Shared for Everyone<'_> {
+/// What the clients share: they all live in the event loop's one thread, so "shared" is just
+/// "in the event loop".
+impl Shared for EventLoop {
     fn incr(&mut self) -> u64 {
-        *self.counter += 1;
-        *self.counter
+        self.counter += 1;
+        self.counter
     }
 
     fn say(&mut self, from: u64, text: &str) -> Result<(), String> {
         let line = protocol::msg(from, text);
-        for (&fd, other) in self.others.iter_mut() {
+        // The sender is out of `clients` while it is served: these are the others.
+        for (&fd, other) in self.clients.iter_mut() {
             if other.closing.is_none() {
                 other.queue(&line);
                 self.touched.push(fd);

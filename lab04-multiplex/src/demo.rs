@@ -1,7 +1,4 @@
 //! The `--demo N` script: what each scripted client sends to this lab's server.
-//!
-//! Client 1 asks for a long `SLEEP` at once; the others only want a quick answer. With one
-//! thread serving everyone, the others are not even greeted until client 1's sleep is over.
 
 use common::Model;
 

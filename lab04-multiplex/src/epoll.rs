@@ -8,14 +8,11 @@
 //!
 //! ## Level-triggered (the default) and edge-triggered (`--edge`)
 //!
-//! - **Level-triggered**: "fd 7 *is* readable". As long as unread data sits in the socket, every
-//!   `epoll_wait` reports it again. Like select and poll: the loop may read a little and come
-//!   back later.
-//! - **Edge-triggered**: "fd 7 *became* readable". Reported once, when new data arrives. If the
-//!   loop reads only part of it, nothing reminds it of the rest: that client is stuck until it
-//!   sends something more, maybe forever. **The trap**: with edge triggering you must read (and
-//!   accept, and write) until the call fails with `WouldBlock`. The event loop does exactly that
-//!   when `--edge` is given (see `read_and_answer` in `main.rs`). Fewer wake-ups, more care.
+//! - **Level-triggered**: "fd 7 *is* readable". Like select and poll, every `epoll_wait` reports
+//!   it again as long as unread data sits in the socket: the loop may read a little at a time.
+//! - **Edge-triggered**: "fd 7 *became* readable", reported once per arrival. What the loop
+//!   leaves unread is never announced again, so it must read (and accept, and write) until
+//!   `WouldBlock` (`read_and_answer` in `main.rs`). Fewer wake-ups, more care.
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -78,8 +75,7 @@ impl Readiness for Epoll {
     }
 
     fn remove(&mut self, fd: RawFd) -> io::Result<()> {
-        // epoll_ctl(EPOLL_CTL_DEL). (Closing the last copy of a descriptor would remove it
-        // anyway; doing it first keeps the kernel's list and ours in step.)
+        // epoll_ctl(EPOLL_CTL_DEL), before the descriptor is closed (see `Readiness`).
         self.poller.delete(borrow(fd))
     }
 

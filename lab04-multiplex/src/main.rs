@@ -34,7 +34,6 @@ mod select;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -45,8 +44,8 @@ use common::{narrate, signals, Model};
 
 use accept::Acceptor;
 use args::Args;
-use connection::{Connection, Everyone};
-use readiness::{Interest, Readiness};
+use connection::{Connection, OUTPUT_CAP};
+use readiness::{Api, Interest, Readiness, Ready};
 
 /// How much one `read` may take from a client.
 const READ_CHUNK: usize = 64 * 1024;
@@ -61,7 +60,6 @@ const IDLE_SWEEP: Duration = Duration::from_secs(1);
 /// The whole server: the listening socket, the readiness API, and every client.
 struct EventLoop {
     readiness: Box<dyn Readiness>,
-    /// The listening socket.
     acceptor: Acceptor,
     /// The self-pipe's read end: readable once a stop signal arrived.
     wake_pipe: RawFd,
@@ -69,6 +67,8 @@ struct EventLoop {
     clients: HashMap<RawFd, Connection>,
     /// `INCR`: one number, in the one thread's memory.
     counter: u64,
+    /// The clients a `SAY` queued a line for, to write once the sender's turn is over.
+    touched: Vec<RawFd>,
     next_id: u64,
     args: Args,
     /// Where each `read` puts what a client sent: one buffer for all, since one thread reads.
@@ -88,14 +88,15 @@ fn main() {
     // readable", something the loop is waiting for anyway (the self-pipe trick).
     let wake_pipe = signals::wake_pipe()
         .unwrap_or_else(|e| common::exit_with_error(&format!("cannot make the self-pipe: {e}")));
-    let readiness = readiness::open(args.api, args.edge).unwrap_or_else(|e| {
-        common::exit_with_error(&format!("cannot create the readiness API: {e}"))
-    });
-    let acceptor = Acceptor::new(common::listener::listen(
-        args.server.address(),
-        args.server.backlog,
-    ))
-    .unwrap_or_else(|e| {
+    let readiness: Box<dyn Readiness> = match args.api {
+        Api::Select => Box::<select::Select>::default(),
+        Api::Poll => Box::<poll::Poll>::default(),
+        Api::Epoll => Box::new(epoll::Epoll::new(args.edge).unwrap_or_else(|e| {
+            common::exit_with_error(&format!("cannot create the readiness API: {e}"))
+        })),
+    };
+    let listener = common::listener::listen(args.server.address(), args.server.backlog);
+    let acceptor = Acceptor::new(listener).unwrap_or_else(|e| {
         common::exit_with_error(&format!("cannot make the listener non-blocking: {e}"))
     });
     let mut event_loop = EventLoop {
@@ -104,6 +105,7 @@ fn main() {
         wake_pipe,
         clients: HashMap::new(),
         counter: 0,
+        touched: Vec::new(),
         next_id: 1,
         args,
         read_buffer: vec![0; READ_CHUNK],
@@ -136,7 +138,7 @@ impl EventLoop {
                 common::exit_with_error(&format!("waiting for readiness failed: {e}"));
             }
             if self.args.trace {
-                readiness::narrate_wake_up(&ready, self.clients.len() + 2, |fd| self.name(fd));
+                self.narrate_wake_up(&ready);
             }
             for event in &ready {
                 if event.fd == self.acceptor.fd() {
@@ -157,70 +159,61 @@ impl EventLoop {
         // End of task 1.
     }
 
-    /// The listener is readable: accept every client waiting in the accept queue.
+    /// The listener is readable: accept every client waiting in the accept queue, register it
+    /// with the readiness API, and greet it.
     fn accept_all(&mut self) {
         while let Some((stream, peer)) = self.acceptor.next() {
-            self.register(stream, peer);
+            let fd = stream.as_raw_fd();
+            if let Err(e) = accept::prepare(&stream, self.args.send_buffer) {
+                narrate!("cannot set up the socket of {peer}: {e}; closing it");
+                continue;
+            }
+            // A descriptor select() cannot watch (see `select.rs`), or the kernel out of memory.
+            if let Err(e) = self.readiness.add(fd, Interest::READ) {
+                narrate!("refused a client from {peer}: {e}; sent ERR server full");
+                accept::refuse(stream);
+                continue;
+            }
+            let mut client = Connection::new(stream, self.next_id);
+            self.next_id += 1;
+            client.queue(&session::hello(Model::Multiplex));
+            narrate!(
+                "accepted client {} from {peer} (fd {fd}); {} connected now, one thread for all",
+                client.id,
+                self.clients.len() + 1
+            );
+            self.clients.insert(fd, client);
+            self.write_and_watch(fd);
         }
-    }
-
-    /// Registers a newly accepted client with the readiness API, and greets it.
-    fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let fd = stream.as_raw_fd();
-        if let Err(e) = accept::prepare(&stream, self.args.send_buffer) {
-            narrate!("cannot set up the socket of {peer}: {e}; closing it");
-            return;
-        }
-        // A descriptor select() cannot watch (see `select.rs`), or the kernel out of memory.
-        if let Err(e) = self.readiness.add(fd, Interest::READ) {
-            narrate!("refused a client from {peer}: {e}; sent ERR server full");
-            accept::refuse(stream);
-            return;
-        }
-        let mut client = Connection::new(stream, self.next_id, Interest::READ);
-        self.next_id += 1;
-        client.queue(&session::hello(Model::Multiplex));
-        narrate!(
-            "accepted client {} from {peer} (fd {fd}); {} connected now, one thread for all",
-            client.id,
-            self.clients.len() + 1
-        );
-        self.clients.insert(fd, client);
-        self.write_and_watch(fd);
     }
 
     /// The client's socket is readable: read what it sent, answer every complete line, write.
     fn on_readable(&mut self, fd: RawFd) {
-        // Take the client out of the table while serving it (see `Everyone`). No entry: the event
-        // is stale (the client was closed earlier in this round), nothing to do.
+        // Take the client out of the table while serving it: `clients` is then everyone else,
+        // whom its `SAY` reaches. No entry: the event is stale (closed earlier in this round).
         let Some(mut client) = self.clients.remove(&fd) else {
             return;
         };
-        let mut touched = Vec::new();
-        let read = self.read_and_answer(&mut client, &mut touched);
+        let read = self.read_and_answer(&mut client);
         self.clients.insert(fd, client);
         match read {
             Ok(()) => self.write_and_watch(fd),
             Err(e) => self.close(fd, &format!("connection failed: {e}")),
         }
         // A SAY queued lines for others: write them too.
-        for other in touched {
+        for other in std::mem::take(&mut self.touched) {
             self.write_and_watch(other);
         }
     }
 
     /// Reads once (level-triggered: if more is waiting we will be told again) or until
     /// WouldBlock (edge-triggered: we will *not* be told again), answering each line.
-    fn read_and_answer(
-        &mut self,
-        client: &mut Connection,
-        touched: &mut Vec<RawFd>,
-    ) -> io::Result<()> {
+    fn read_and_answer(&mut self, client: &mut Connection) -> io::Result<()> {
         for _ in 0..READS_PER_TURN {
             if client.closing.is_some() {
                 return Ok(()); // done reading
             }
-            if client.over_cap() {
+            if client.output.len() > OUTPUT_CAP {
                 // Enough replies wait: write them before reading more (`write_and_watch` cuts the
                 // client off if they stay over the cap). Edge-triggered, the input left unread
                 // must still be announced again: end the turn below, not here.
@@ -242,7 +235,7 @@ impl EventLoop {
             client.last_heard = Instant::now();
             client.input.feed(&self.read_buffer[..n]);
             while let Some(frame) = client.input.next_frame() {
-                if self.answer(client, frame, touched) == Next::Close {
+                if self.answer(client, frame) == Next::Close {
                     client.closing = Some("sent QUIT".into()); // the rest it sent is ignored
                     return Ok(());
                 }
@@ -261,42 +254,30 @@ impl EventLoop {
             .modify(client.stream.as_raw_fd(), client.watching)
     }
 
-    /// Answers one line into the client's output buffer. `touched` gets the clients a `SAY`
-    /// queued a line for.
-    fn answer(&mut self, client: &mut Connection, frame: Frame, touched: &mut Vec<RawFd>) -> Next {
-        let sleep = match &frame {
-            Frame::Line(line) => match protocol::parse_line(line) {
-                Ok(Request::Sleep(ms)) => Some(ms),
-                _ => None,
-            },
+    /// Answers one line into the client's output buffer.
+    fn answer(&mut self, client: &mut Connection, frame: Frame) -> Next {
+        let id = client.id;
+        let request = match &frame {
+            Frame::Line(line) => protocol::parse_line(line).ok(),
             Frame::TooLong => None,
         };
-        if let Some(ms) = sleep {
+        if let Some(Request::Sleep(ms)) = request {
             let others = match self.clients.len() {
                 0 => "anyone who connects now waits in the accept queue".to_string(),
                 n => format!("the {n} other client(s) wait too, and so does anyone still queued"),
             };
-            narrate!(
-                "client {} asked for SLEEP {ms}: the whole loop waits; {others}",
-                client.id
-            );
+            narrate!("client {id} asked for SLEEP {ms}: the whole loop waits; {others}");
         }
         let who = Client {
             model: Model::Multiplex,
-            id: client.id,
+            id,
             allow_panic: self.args.server.allow_panic,
         };
-        let mut everyone = Everyone {
-            others: &mut self.clients,
-            counter: &mut self.counter,
-            touched,
-        };
         // SLEEP blocks right here; PANIC panics right here, and the whole process goes down.
-        let (reply, next) = session::respond(frame, &who, &mut everyone);
-        if let Some(ms) = sleep {
+        let (reply, next) = session::respond(frame, &who, self);
+        if let Some(Request::Sleep(ms)) = request {
             narrate!(
-                "client {}'s SLEEP {ms} is over: back to the loop, everyone else can be served again",
-                client.id
+                "client {id}'s SLEEP {ms} is over: back to the loop, everyone else can be served again"
             );
         }
         client.queue(&reply);
@@ -311,10 +292,10 @@ impl EventLoop {
         };
         let ending = match client.write_pending() {
             Err(e) => Some(format!("connection failed: {e}")),
-            Ok(()) if client.over_cap() => Some(format!(
+            Ok(()) if client.output.len() > OUTPUT_CAP => Some(format!(
                 "does not read its replies: {} KiB waiting, over the {} KiB cap; disconnected",
                 client.output.len() / 1024,
-                connection::OUTPUT_CAP / 1024
+                OUTPUT_CAP / 1024
             )),
             Ok(()) if client.output.is_empty() => client.closing.clone(),
             Ok(()) => None,
@@ -338,14 +319,26 @@ impl EventLoop {
         // End of task 3.
     }
 
-    /// What the `--trace` narration calls descriptor `fd`.
-    fn name(&self, fd: RawFd) -> String {
-        match self.clients.get(&fd) {
-            _ if fd == self.acceptor.fd() => "listener".into(),
-            _ if fd == self.wake_pipe => "signal pipe".into(),
+    /// `--trace`: one line per wake-up, saying what was ready.
+    fn narrate_wake_up(&self, ready: &[Ready]) {
+        let name = |fd| match self.clients.get(&fd) {
+            _ if fd == self.acceptor.fd() => "listener".to_string(),
+            _ if fd == self.wake_pipe => "signal pipe".to_string(),
             Some(client) => format!("client {}", client.id),
             None => format!("fd {fd}"),
-        }
+        };
+        let what: Vec<String> = ready
+            .iter()
+            .map(|r| match (r.readable, r.writable) {
+                (true, true) => format!("{} (readable, writable)", name(r.fd)),
+                (false, true) => format!("{} (writable)", name(r.fd)),
+                _ => name(r.fd),
+            })
+            .collect();
+        let (count, what) = (ready.len(), what.join(", "));
+        let watched = self.clients.len() + 2; // and the listener and the self-pipe
+        let s = if count == 1 { "" } else { "s" };
+        narrate!("woke with {count} ready descriptor{s} of {watched} watched: {what}");
     }
 
     /// Unregisters and closes a client.
@@ -377,10 +370,8 @@ impl EventLoop {
 
     /// SIGINT/SIGTERM: `BYE` to everyone (if their socket has room), close everything.
     fn shut_down(mut self) {
-        narrate!(
-            "stop signal: telling {} clients BYE and closing them",
-            self.clients.len()
-        );
+        let n = self.clients.len();
+        narrate!("stop signal: telling {n} clients BYE and closing them");
         for (fd, mut client) in std::mem::take(&mut self.clients) {
             // (TCP_NODELAY, set in `accept::prepare`, sends it at once: see there why that matters.)
             client.queue(&protocol::bye(""));

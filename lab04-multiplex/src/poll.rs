@@ -6,9 +6,6 @@
 //! array is copied into the kernel and checked on every call, and we scan it all afterwards to
 //! find the entries whose `revents` is not empty: the cost of one wake-up grows with the number
 //! of clients connected, not with the number that have something to say.
-//!
-//! `POLLHUP` and `POLLERR` are reported even if we did not ask for them; we pass them on as
-//! "readable and writable", so the next `read`/`write` meets the error.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -73,7 +70,7 @@ impl Readiness for Poll {
             Err(Errno::EINTR) => return Ok(()), // a signal: let the loop check its flag
             Err(e) => return Err(e.into()),
         }
-        // Scan the whole array for entries the kernel marked.
+        // Hang-ups and errors are reported unasked: pass them on as both (see `Ready`).
         let trouble = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
         for pollfd in &self.fds {
             let revents = pollfd.revents().unwrap_or(PollFlags::empty());

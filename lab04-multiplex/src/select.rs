@@ -7,11 +7,9 @@
 //! 1. we keep "master" sets of what we watch, and hand `select` a *copy* each time;
 //! 2. after it returns, we scan every descriptor we watch to see whose bit is still set.
 //!
-//! The cost grows with the number of descriptors watched (the kernel checks each one on every
-//! call, we scan each one after), however few are ready. And an `fd_set` has a fixed size,
-//! FD_SETSIZE = 1024 bits: a descriptor numbered 1024 or more does not fit. Setting its bit in C
-//! writes past the end of the bitmap (memory corruption); nix's `FdSet::insert` panics instead.
-//! So `add` says no, and the event loop refuses that client with `ERR server full`.
+//! The cost grows with the number of descriptors watched, however few are ready. And an `fd_set`
+//! holds FD_SETSIZE = 1024 bits: setting the bit of descriptor 1024 in C writes past the bitmap
+//! (memory corruption), and nix's `FdSet::insert` panics. So `add` refuses such a descriptor.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -30,12 +28,10 @@ pub struct Select {
     /// Descriptors to report readable / writable ("master" copies; select gets a copy).
     read_set: FdSet<'static>,
     write_set: FdSet<'static>,
-    /// Every descriptor watched, in order: the highest one gives `nfds`, and after select
-    /// returns we check each one's bits.
+    /// Every descriptor watched, in order: the highest gives `nfds`, and each is scanned after.
     watched: BTreeSet<RawFd>,
 }
 
-/// The descriptor as the `BorrowedFd` nix's `FdSet` takes.
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: an FdSet only records the number (one bit); it never reads or closes the file. The
     // event loop removes a descriptor from our sets before closing it (see `Readiness`), so
@@ -57,15 +53,13 @@ impl Readiness for Select {
 
     fn modify(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
         let bit = borrow(fd);
-        for (set, wanted) in [
-            (&mut self.read_set, interest.read),
-            (&mut self.write_set, interest.write),
-        ] {
-            if wanted {
-                set.insert(bit); // FD_SET
-            } else {
-                set.remove(bit); // FD_CLR
-            }
+        self.read_set.remove(bit); // FD_CLR
+        self.write_set.remove(bit);
+        if interest.read {
+            self.read_set.insert(bit); // FD_SET
+        }
+        if interest.write {
+            self.write_set.insert(bit);
         }
         Ok(())
     }
@@ -79,7 +73,6 @@ impl Readiness for Select {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, ready: &mut Vec<Ready>) -> io::Result<()> {
-        // select overwrites the sets it is given: give it copies of the master sets.
         let mut readable = self.read_set;
         let mut writable = self.write_set;
         let mut limit = timeout.map(|t| TimeVal::milliseconds(t.as_millis() as i64));
@@ -90,7 +83,6 @@ impl Readiness for Select {
             Err(Errno::EINTR) => return Ok(()), // a signal: let the loop check its flag
             Err(e) => return Err(e.into()),
         }
-        // The answer is in the bits: scan every watched descriptor for the ones still set.
         for &fd in &self.watched {
             let (r, w) = (readable.contains(borrow(fd)), writable.contains(borrow(fd)));
             if r || w {

@@ -394,6 +394,8 @@ pub struct Server {
     /// Whether the harness added `--quiet` ([`quiet_mode`]): then there is no narration to read.
     quieted: bool,
     stderr: Arc<Mutex<String>>,
+    /// Says when the server's stderr reaches its end (every process holding it has exited).
+    stderr_done: Option<mpsc::Receiver<()>>,
     stdout_rest: Arc<Mutex<String>>,
     stdout_closed: Arc<Mutex<bool>>,
 }
@@ -446,7 +448,10 @@ impl Server {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(pgrp, _)| *pgrp != child.id() as i32);
-        let stderr = collect(child.stderr.take().expect("piped")).text;
+        let Collected {
+            text: stderr,
+            done: stderr_done,
+        } = collect(child.stderr.take().expect("piped"));
         let (line_tx, line_rx) = mpsc::channel();
         let stdout_rest = Arc::new(Mutex::new(String::new()));
         let stdout_closed = Arc::new(Mutex::new(false));
@@ -477,6 +482,7 @@ impl Server {
             addr: "127.0.0.1:1".parse().unwrap(),
             quieted: false,
             stderr,
+            stderr_done: Some(stderr_done),
             stdout_rest,
             stdout_closed,
         };
@@ -568,6 +574,12 @@ impl Server {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 reap_orphans();
+                // Its last lines may still be in the pipe, on their way to the thread that
+                // collects them: let that thread reach the end, so [`stderr`](Self::stderr) is
+                // complete (bounded: a child the server left running may hold the pipe open).
+                if let Some(done) = self.stderr_done.take() {
+                    let _ = done.recv_timeout(Duration::from_secs(2));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {

@@ -8,43 +8,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::{procfs, wait_until, Client, Server};
+use crate::{Client, Server};
 
-/// Waits (at most `timeout`) until thread `tid` of process `pid` is blocked in the kernel: state
-/// `S` (or `D`), at the same place (`wchan`) on two looks 50 ms apart. Returns whether it was.
+/// Sends `SLEEP 10000` for `client` and waits until `server` is working on it: it has read the
+/// line (`ss`), and the thread that serves the client sleeps in the kernel (`/proc`); see
+/// [`Server::is_working_on_request_of`]. If that is never seen, the test goes on: the `SLEEP` is
+/// then at worst about to start, which makes the test weaker, never wrong.
 ///
-/// For "the server is now inside the `SLEEP` it was sent": call it once the reply to a request
-/// sent in the same write as the `SLEEP` has arrived. The serving thread then has the `SLEEP` line
-/// in hand, so the next place it blocks is the sleep itself.
-pub fn wait_until_blocked(pid: i32, tid: i32, timeout: Duration) -> bool {
-    let look = || -> Option<String> {
-        let state = crate::thread_state(pid, tid)?;
-        matches!(state, 'S' | 'D').then(|| procfs::task_wchan(pid, tid))
-    };
-    wait_until(timeout, || {
-        let Some(first) = look() else { return false };
-        thread::sleep(Duration::from_millis(50));
-        look().is_some_and(|second| second == first)
-    })
-}
-
-/// Sends `ECHO` and `SLEEP 10000` in one write and waits until the thread that serves `client`
-/// is asleep in that `SLEEP` (see [`wait_until_blocked`]). If the kernel never shows it blocked,
-/// the test goes on: the `SLEEP` is then at worst about to start, which makes the test weaker,
-/// never wrong.
-pub fn start_a_long_sleep(client: &mut Client) {
-    let served = client.hello.clone().expect("the client was greeted");
-    client.send_raw(b"ECHO going to sleep\nSLEEP 10000\n");
-    assert_eq!(
-        client.read_reply().as_deref(),
-        Ok("OK going to sleep"),
-        "the request before the SLEEP"
-    );
-    if !wait_until_blocked(served.pid, served.tid, Duration::from_secs(5)) {
-        eprintln!(
-            "thread {} of process {} was never seen blocked; signalling anyway",
-            served.tid, served.pid
-        );
+/// (Sending a request in the same write and waiting for its reply would not do: a server may
+/// answer every line it has read before it writes any reply, as an event loop does, and then
+/// that reply only comes once the `SLEEP` is over.)
+pub fn start_a_long_sleep(server: &Server, client: &mut Client) {
+    client.send("SLEEP 10000");
+    if !server.is_working_on_request_of(client) {
+        eprintln!("the server was never seen working on the SLEEP; signalling anyway");
     }
 }
 
@@ -78,7 +55,7 @@ pub fn sigterm_cuts_a_sleep_short(server: &mut Server, what: &str) {
     let mut idle = server.greeted();
     let mut sleeper = server.greeted();
     assert_eq!(idle.request("ECHO idle"), "OK idle");
-    start_a_long_sleep(&mut sleeper);
+    start_a_long_sleep(server, &mut sleeper);
     let asked = Instant::now();
     server.signal(Signal::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(12));

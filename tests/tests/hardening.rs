@@ -540,7 +540,7 @@ fn idle_timeout(config: &Config) {
 fn sigterm_during_a_sleep(config: &Config) {
     let mut server = start(config.binary, config.args);
     let mut sleeper = server.greeted();
-    observe::start_a_long_sleep(&mut sleeper);
+    observe::start_a_long_sleep(&server, &mut sleeper);
     let asked = Instant::now();
     let status = server.stop_with(Signal::SIGTERM, Duration::from_secs(12));
     let took = asked.elapsed();

@@ -464,7 +464,7 @@ fn sigterm_and_sigint_exit_zero_promptly_with_clients_connected() {
         let mut sleeper = server.greeted();
         assert_eq!(idle[0].request("SAY before the end"), "OK");
         assert!(sleeper.next_message().is_ok());
-        observe::start_a_long_sleep(&mut sleeper);
+        observe::start_a_long_sleep(&server, &mut sleeper);
         let asked = Instant::now();
         let status = server.stop_with(signal, Duration::from_secs(12));
         let took = asked.elapsed();

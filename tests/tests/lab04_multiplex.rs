@@ -769,3 +769,58 @@ fn a_client_that_resets_is_closed_and_its_descriptor_freed() {
         assert_eq!(next.request("ECHO after"), "OK after", "{args:?}");
     }
 }
+
+#[test]
+fn quit_behind_more_replies_than_the_sockets_hold_still_gets_every_reply_then_bye() {
+    // Small kernel buffers on both sides (`--send-buffer 4096`, and a 4 KB receive buffer set
+    // before connect): most of the replies must wait in the server's memory.
+    let server = Server::start(SERVER, &["--send-buffer", "4096"]);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let stream = tests::with_timeouts(socket.into());
+    let mine = stream.local_addr().unwrap().port();
+    let writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HELLO "), "{line}");
+    // About 100 KB of replies (under the output cap), then QUIT, in one write.
+    const LINES: usize = 1000;
+    let padding = "p".repeat(90);
+    let mut batch: String = (0..LINES)
+        .map(|i| format!("ECHO {i} {padding}\n"))
+        .collect();
+    batch.push_str("QUIT\n");
+    let sending = thread::spawn(move || (&writer).write_all(batch.as_bytes()));
+    sending.join().unwrap().expect("the whole batch was sent");
+    // Read nothing until the server has read it all, QUIT included (`ss`: nothing unread on its
+    // side, nothing unacknowledged on ours): its QUIT then comes with replies still waiting.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            tests::connection_queues(server.port(), mine).is_some_and(|(unread, _)| unread == 0)
+                && tests::connection_queues(mine, server.port())
+                    .is_some_and(|(_, unacked)| unacked == 0)
+        }),
+        "the server did not read the whole batch"
+    );
+    for i in 0..LINES {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reply {i} of {LINES}: {e}"));
+        assert_eq!(line, format!("OK {i} {padding}\n"), "reply {i} of {LINES}");
+    }
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "OK bye\n",
+        "QUIT answered after every reply before it"
+    );
+    line.clear();
+    assert_eq!(
+        reader.read_line(&mut line).ok(),
+        Some(0),
+        "then closed: {line:?}"
+    );
+}

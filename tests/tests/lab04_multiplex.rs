@@ -866,3 +866,46 @@ fn a_client_that_resets_while_its_replies_wait_is_closed_and_its_descriptor_free
     let mut next = server.greeted();
     assert_eq!(next.request("ECHO after"), "OK after");
 }
+
+#[test]
+fn an_idle_loop_sleeps_in_its_wait_after_a_client_has_left() {
+    for args in [
+        &["--api", "select"][..],
+        &["--api", "poll"],
+        &["--api", "epoll"],
+        &["--api", "epoll", "--edge"],
+    ] {
+        let server = Server::start(SERVER, args);
+        let mut staying = server.greeted();
+        assert_eq!(staying.request("ECHO here"), "OK here");
+        let mut leaving = server.greeted();
+        let with_both = procfs::fd_count(server.pid());
+        assert_eq!(leaving.request("QUIT"), "OK bye");
+        assert!(leaving.closes());
+        assert!(wait_until(Duration::from_secs(10), || procfs::fd_count(
+            server.pid()
+        ) < with_both));
+        // Nothing to do now: the loop must sleep in its wait, not wake again and again (for a
+        // descriptor it still watches after closing it, or for writability it does not need).
+        // An idle server uses no CPU; one that spins uses its share of a core, even on a busy
+        // machine.
+        let before = cpu_ticks(server.pid());
+        thread::sleep(Duration::from_millis(1500));
+        let used = cpu_ticks(server.pid()) - before;
+        assert!(
+            used < 10,
+            "{args:?}: {used} clock ticks of CPU in 1.5 s with nothing to do"
+        );
+        assert_eq!(staying.request("ECHO still here"), "OK still here");
+    }
+}
+
+/// The CPU time process `pid` has used, user and system, in clock ticks (`/proc/<pid>/stat`).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the server's stat");
+    // After the command name (which runs to the last ')'): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

@@ -827,44 +827,48 @@ fn quit_behind_more_replies_than_the_sockets_hold_still_gets_every_reply_then_by
 
 #[test]
 fn a_client_that_resets_while_its_replies_wait_is_closed_and_its_descriptor_freed() {
-    // Small kernel buffers (as in the QUIT test above): the replies wait in the server's memory.
-    let server = Server::start(SERVER, &["--send-buffer", "4096"]);
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let stream = tests::with_timeouts(socket.into());
-    let mine = stream.local_addr().unwrap().port();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("HELLO "), "{line}");
-    let with_client = procfs::fd_count(server.pid());
-    // Requests, then end of stream: the server has read everything and only writes from now on.
-    let batch: String = (0..1000)
-        .map(|i| format!("ECHO {i} {}\n", "p".repeat(90)))
-        .collect();
-    (&stream).write_all(batch.as_bytes()).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            tests::connection_queues(server.port(), mine).is_some_and(|(unread, _)| unread == 0)
-        }),
-        "the server did not read the whole batch"
-    );
-    // Then a reset instead of reading the replies: the server's next write fails (EPIPE or
-    // ECONNRESET), and that client is gone.
-    let socket = Socket::from(stream);
-    socket.set_linger(Some(Duration::ZERO)).unwrap();
-    drop(socket);
-    drop(reader);
-    assert!(
-        wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
-            < with_client),
-        "the reset client's descriptor is still open ({} open, {with_client} with it)",
-        procfs::fd_count(server.pid())
-    );
-    let mut next = server.greeted();
-    assert_eq!(next.request("ECHO after"), "OK after");
+    for api in ["select", "poll", "epoll"] {
+        // Small kernel buffers (as in the QUIT test above): the replies wait in the server's
+        // memory.
+        let server = Server::start(SERVER, &["--api", api, "--send-buffer", "4096"]);
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.addr.into()).unwrap();
+        let stream = tests::with_timeouts(socket.into());
+        let mine = stream.local_addr().unwrap().port();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HELLO "), "{line}");
+        let with_client = procfs::fd_count(server.pid());
+        // Requests, then end of stream: the server has read everything and only writes from
+        // now on.
+        let batch: String = (0..1000)
+            .map(|i| format!("ECHO {i} {}\n", "p".repeat(90)))
+            .collect();
+        (&stream).write_all(batch.as_bytes()).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                tests::connection_queues(server.port(), mine).is_some_and(|(unread, _)| unread == 0)
+            }),
+            "{api}: the server did not read the whole batch"
+        );
+        // Then a reset instead of reading the replies: the server's next write fails (EPIPE or
+        // ECONNRESET), and that client is gone.
+        let socket = Socket::from(stream);
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(socket);
+        drop(reader);
+        assert!(
+            wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
+                < with_client),
+            "{api}: the reset client's descriptor is still open ({} open, {with_client} with it)",
+            procfs::fd_count(server.pid())
+        );
+        let mut next = server.greeted();
+        assert_eq!(next.request("ECHO after"), "OK after", "{api}");
+    }
 }
 
 #[test]

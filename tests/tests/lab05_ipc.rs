@@ -377,6 +377,35 @@ fn a_panic_in_one_child_leaves_the_counter_and_the_chat_working() {
 }
 
 #[test]
+fn after_200_clients_one_after_another_the_chat_still_works_and_nothing_is_left() {
+    let server = start(&[]);
+    // More clients, one after the other, than the shared memory has rows for its children
+    // (lab05-ipc's board: 128): a child that leaves must give its place back.
+    let mut queues = BTreeSet::new();
+    for i in 0..200 {
+        let mut client = server.greeted();
+        client.client_id(); // served: its queue exists
+        queues.extend(queues_held_by(client.serving_pid(), server.pid()));
+        assert_eq!(client.request("QUIT"), "OK bye", "client {i}");
+        assert!(client.closes(), "client {i}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || server.children().is_empty()),
+        "children left: {:?}",
+        server.children()
+    );
+    let mut a = server.greeted();
+    let mut b = server.greeted();
+    let a_id = a.client_id();
+    b.client_id();
+    assert_eq!(a.request("SAY after 200"), "OK");
+    assert_eq!(b.next_message(), Ok(format!("MSG {a_id} after 200")));
+    // The queues of the 200 are gone.
+    let left: Vec<&String> = queues.iter().filter(|q| queue_exists(q)).collect();
+    assert!(left.is_empty(), "queues of children that left: {left:?}");
+}
+
+#[test]
 fn a_client_that_resets_its_connection_ends_its_child() {
     let server = start(&[]);
     let mut gone = server.greeted();

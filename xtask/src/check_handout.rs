@@ -149,9 +149,25 @@ pub fn run(labs: Option<&[String]>, limit: Duration) -> anyhow::Result<()> {
             continue;
         }
 
-        // The table grades tests this file has (a renamed test would silently score nothing).
+        // The table grades tests this file has (a renamed test would silently score nothing),
+        // and every test this file has (a new test left out would count for nothing, and
+        // GRADING.md would not say what it checks).
         if let Err(error) = crate::grade::score(&lab.name, table, &reference) {
             defects.push(format!("{}: {error}", lab.name));
+        }
+        let graded: Vec<&str> = table.tests().collect();
+        let ungraded: Vec<&str> = reference
+            .outcomes
+            .keys()
+            .map(String::as_str)
+            .filter(|test| !graded.contains(test))
+            .collect();
+        if !ungraded.is_empty() {
+            defects.push(format!(
+                "{}: tests/points.toml (and GRADING.md) give no points to {}",
+                lab.name,
+                ungraded.join(", ")
+            ));
         }
 
         // 2. Each task alone.

@@ -118,17 +118,17 @@ impl ParentSignals {
 
 /// Runs a forked child's session and returns the status the child must exit with: 0, or
 /// [`PANIC_EXIT_STATUS`] if it panicked (`PANIC`). The panic stops here: it never unwinds into
-/// the parent's code that the child's memory is a copy of. `next` says what the child does after
-/// (unless a stop signal came: then it exits).
-pub fn run_session(client: u64, next: &str, session: impl FnOnce() -> Ending) -> i32 {
+/// the parent's code that the child's memory is a copy of. `afterwards` says, for the narration,
+/// what the child does next (unless a stop signal came: then it exits).
+pub fn run_session(client: u64, afterwards: &str, session: impl FnOnce() -> Ending) -> i32 {
     match panic::catch_unwind(AssertUnwindSafe(session)) {
         Ok(ending) => {
-            let next = if signals::requested() {
+            let afterwards = if signals::requested() {
                 "this child exits"
             } else {
-                next
+                afterwards
             };
-            narrate!("client {client} {ending}; {next}");
+            narrate!("client {client} {ending}; {afterwards}");
             0
         }
         Err(_) => {

@@ -185,12 +185,12 @@ fn child_serves_one_client(
 }
 
 /// Serves one client in this process; returns the status the process must exit with (0, or 101
-/// if the session panicked). `next` says what the process does after.
-fn serve(stream: &TcpStream, client: &Client, args: &ServerArgs, next: &str) -> i32 {
+/// if the session panicked). `afterwards` says, for the narration, what the process does next.
+fn serve(stream: &TcpStream, client: &Client, args: &ServerArgs, afterwards: &str) -> i32 {
     // A fresh counter in this process's memory: INCR says 1, then 2... and no other process
     // ever sees it.
     let counter = Counter::new(NO_SHARED_MEMORY);
-    fork::run_session(client.id, next, || {
+    fork::run_session(client.id, afterwards, || {
         session::serve_client(stream, client, args.idle_timeout, counter)
     })
 }

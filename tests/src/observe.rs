@@ -189,3 +189,32 @@ pub fn assert_unique_client_ids(clients: &mut [Client]) -> Vec<u64> {
     );
     ids
 }
+
+/// `BYE idle`, received at `at`, came when `--idle-timeout <seconds>` says: not before that many
+/// seconds of silence (counted from just before the client connected), and not much after them
+/// (at most 3 s more, counted from its `HELLO`): the number given is the number used.
+pub fn assert_bye_idle_on_time(seconds: u64, connecting: Instant, greeted: Instant, at: Instant) {
+    let timeout = Duration::from_secs(seconds);
+    assert!(
+        at - connecting >= timeout - Duration::from_millis(50),
+        "BYE idle after only {:?} of --idle-timeout {seconds}",
+        at - connecting
+    );
+    assert!(
+        at - greeted < timeout + Duration::from_secs(3),
+        "BYE idle only after {:?} of --idle-timeout {seconds}",
+        at - greeted
+    );
+}
+
+/// A client that connects to a server started with `--idle-timeout <seconds>` and says nothing
+/// is told `BYE idle` on time ([`assert_bye_idle_on_time`]), then the server closes the
+/// connection.
+pub fn a_silent_client_is_told_bye_idle_on_time(server: &Server, seconds: u64) {
+    let connecting = Instant::now();
+    let mut silent = server.greeted();
+    let greeted = Instant::now();
+    assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
+    assert_bye_idle_on_time(seconds, connecting, greeted, Instant::now());
+    assert!(silent.closes(), "then the connection closes");
+}

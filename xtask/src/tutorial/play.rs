@@ -118,7 +118,9 @@ impl Player {
         for line in &block.lines {
             match line {
                 Line::Output(text) => {
-                    if compare {
+                    if compare && typed.is_some_and(is_tree) {
+                        expected.extend(screen::tree_rows(text).iter().map(|r| Pattern::new(r)));
+                    } else if compare {
                         expected.push(Pattern::new(text));
                     }
                 }
@@ -143,6 +145,9 @@ impl Player {
                     let is_command = matches!(line, Line::Command(_));
                     if is_command {
                         self.shell_in_front(terminal)?;
+                    }
+                    if is_command && command.starts_with("ss ") {
+                        wait_for_quiet_connections(self.timeouts.output.min(QUIET_WAIT));
                     }
                     let text = screen::substitute(command, &self.bindings);
                     if self.verbose {
@@ -222,10 +227,24 @@ impl Player {
             let candidates: Vec<usize> = (cursor..screen.len())
                 .filter(|i| !used.contains(i))
                 .collect();
+            // The lines compared, and the screen line each comes from.
+            let (lines, origin): (Vec<String>, Vec<usize>) = if typed.is_some_and(is_tree) {
+                candidates
+                    .iter()
+                    .flat_map(|&i| {
+                        screen::tree_rows(&screen[i])
+                            .into_iter()
+                            .map(move |r| (r, i))
+                    })
+                    .unzip()
+            } else {
+                candidates.iter().map(|&i| (screen[i].clone(), i)).unzip()
+            };
+            let all: Vec<usize> = (0..lines.len()).collect();
             let mut bindings = self.bindings.clone();
-            match screen::find_all(expected, &screen, &candidates, &mut bindings) {
+            match screen::find_all(expected, &lines, &all, &mut bindings) {
                 Ok(found) => {
-                    used.extend(found);
+                    used.extend(found.iter().map(|&n| origin[n]));
                     self.bindings = bindings;
                     expected.clear();
                     return Ok(Wait::Done);
@@ -361,6 +380,46 @@ impl Player {
     }
 }
 
+/// A `pstree` command: its output is compared process by process (`screen::tree_rows`).
+fn is_tree(command: &str) -> bool {
+    command.starts_with("pstree ")
+}
+
+/// How long `ss` may wait for the loopback's connections to be quiet.
+const QUIET_WAIT: Duration = Duration::from_secs(3);
+
+/// Before an `ss`: waits (at most `limit`) until no established loopback connection has bytes
+/// sent and not yet acknowledged. A reply just read by a client is acknowledged a few
+/// milliseconds later (a delayed ACK), and until then `ss` shows it in Send-Q; a student typing
+/// `ss` never sees that, the replay typing at once would. Bytes waiting to be *read* (Recv-Q,
+/// lab01's queued client) are left as they are: they are the lesson.
+fn wait_for_quiet_connections(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && unacknowledged_bytes_on_loopback() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether an established IPv4 connection on 127.0.0.1 has bytes in its send queue, as
+/// `/proc/net/tcp` shows them (`local_address rem_address st tx_queue:rx_queue`, in hex).
+fn unacknowledged_bytes_on_loopback() -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let [_, local, _, state, queues, ..] = fields[..] else {
+            return false;
+        };
+        const ESTABLISHED: &str = "01";
+        const LOOPBACK: &str = "0100007F:";
+        let send_queue = queues.split(':').next().unwrap_or("0");
+        local.starts_with(LOOPBACK)
+            && state == ESTABLISHED
+            && u64::from_str_radix(send_queue, 16).is_ok_and(|n| n > 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +447,23 @@ mod tests {
         assert!(report.contains("✗ OK model=iterativ pid=15003"));
         assert!(report.contains("    HELLO iterative pid=15003"));
         assert!(report.contains("| OK model=iterative pid=4 tid=4 client=1"));
+    }
+
+    #[test]
+    fn a_reply_not_yet_acknowledged_is_waited_for() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        // A peer that never reads, with a small receive buffer: what we send past it stays in
+        // our send queue, unacknowledged.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 65536];
+        while sender.write(&chunk).is_ok() {}
+        assert!(unacknowledged_bytes_on_loopback());
+        let started = Instant::now();
+        wait_for_quiet_connections(Duration::from_millis(300));
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

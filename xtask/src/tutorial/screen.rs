@@ -154,6 +154,34 @@ fn ascii_tree(line: &str) -> String {
         .collect()
 }
 
+/// `pstree` puts a process's first child on the process's own line (`a(1)-+-b(2)`) and the other
+/// children below it (`|-c(3)`, `` `-d(4) ``), in pid order, and pids wrap around (at
+/// `/proc/sys/kernel/pid_max`): the same tree can come out in another order. One row per process,
+/// the parent as it is and each child as `-name(pid)`, compares the tree in any order.
+pub fn tree_rows(line: &str) -> Vec<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let branch = RE.get_or_init(|| Regex::new(r"-[+-]-").unwrap());
+    let line = ascii_tree(line);
+    let line = line.trim();
+    // A row below the first starts with the branch that leads to its process.
+    let (below, line) = match line.strip_prefix(['|', '`']) {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    branch
+        .split(line)
+        .enumerate()
+        .map(|(n, part)| {
+            let part = part.trim_start_matches('-');
+            if n == 0 && !below {
+                part.to_string()
+            } else {
+                format!("-{part}")
+            }
+        })
+        .collect()
+}
+
 /// The tutorial's numbers and what they were on this run.
 pub type Bindings = HashMap<String, String>;
 
@@ -340,6 +368,38 @@ mod tests {
             substitute("kill -TERM 6798 6821 7", &known),
             "kill -TERM 901 900 7"
         );
+    }
+
+    #[test]
+    fn a_tree_is_compared_row_by_row_in_any_order() {
+        let rows = |text: &str| text.lines().flat_map(tree_rows).collect::<Vec<_>>();
+        assert_eq!(
+            rows("fork-server(6613)-+-fork-server(6798)\n                  |-fork-server(6803)\n                  `-fork-server(6821)"),
+            ["fork-server(6613)", "-fork-server(6798)", "-fork-server(6803)", "-fork-server(6821)"]
+        );
+        assert_eq!(rows("a(1)---b(2)"), ["a(1)", "-b(2)"]);
+        // The pids wrapped around: the child forked last comes first.
+        let screen = rows("fork-server(32700)─┬─fork-server(300)\n                   ├─fork-server(32710)\n                   └─fork-server(32750)");
+        let expected: Vec<Pattern> = rows(
+            "fork-server(6613)-+-fork-server(6798)\n |-fork-server(6803)\n `-fork-server(6821)",
+        )
+        .iter()
+        .map(|row| Pattern::new(row))
+        .collect();
+        let mut known = Bindings::new();
+        for (tutorial, run) in [
+            ("6613", "32700"),
+            ("6798", "32710"),
+            ("6803", "32750"),
+            ("6821", "300"),
+        ] {
+            known.insert(tutorial.into(), run.into());
+        }
+        assert!(find_all(&expected, &screen, &all(&screen), &mut known).is_ok());
+        // A parent is not a child.
+        let mut known = Bindings::new();
+        known.insert("6613".into(), "300".into());
+        assert!(find_all(&expected[..1], &screen, &all(&screen), &mut known).is_err());
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //!   the student pressed Ctrl-C in that terminal.
 //! - The terminal of a block is the last one the prose before it names, since the previous block
 //!   (`Terminal 2`, `in terminal 3`, `Terminals 2, 3 and 4` for the same block typed in each,
-//!   `터미널 2`, `another terminal` / `다른 터미널` for a new one); without one, the terminal of
-//!   the previous console block.
+//!   `터미널 2`, `another terminal` / `다른 터미널` for a new one, `the spare terminal` /
+//!   `그 남는 터미널` for the last new one again); without one, the terminal of the previous
+//!   console block.
 //! - Small markup, hidden by the book: `<!-- replay: skip -->` before a block that cannot be
 //!   compared (it depends on the machine or on timing), `<!-- replay: skip-step -->` for the rest
 //!   of a step whose figures are all the machine's, `<!-- replay: terminal N -->` where the prose
-//!   does not say which terminal.
+//!   does not say which terminal, `<!-- replay: figures -->` before a block whose large numbers
+//!   are the machine's (memory sizes): there a number not seen before matches any number.
 
 use std::sync::OnceLock;
 
@@ -57,6 +59,9 @@ pub struct Block {
     pub terminals: Vec<u32>,
     /// The student presses Ctrl-C in the terminal first (the block's first line starts with `^C`).
     pub interrupt: bool,
+    /// Marked `<!-- replay: figures -->`: a masked number not bound before matches any number
+    /// and is not remembered (one process's RSS says nothing about the next line's).
+    pub figures: bool,
     pub lines: Vec<Line>,
 }
 
@@ -75,6 +80,7 @@ pub struct Step {
 struct Prose {
     text: String,
     skip: bool,
+    figures: bool,
     terminal: Option<u32>,
 }
 
@@ -87,7 +93,7 @@ fn terminal_mention() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"(?i)(?:terminals? |터미널 )(\d(?:(?:, and |, | and |과 |와 |, 터미널 |과 터미널 |와 터미널 )\d)*)|(another terminal|a spare terminal|다른 터미널|남는 터미널)",
+            r"(?i)(?:terminals? |터미널 )(\d(?:(?:, and |, | and |과 |와 |, 터미널 |과 터미널 |와 터미널 )\d)*)|(another terminal|a spare terminal|다른 터미널|남는 터미널)|(the spare terminal|그 남는 터미널)",
         )
         .unwrap()
     })
@@ -96,15 +102,25 @@ fn terminal_mention() -> &'static Regex {
 fn annotation() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"<!--\s*replay:\s*(skip-step\b[^>]*|skip\b[^>]*|terminal (\d+))\s*-->").unwrap()
+        Regex::new(
+            r"<!--\s*replay:\s*(skip-step\b[^>]*|skip\b[^>]*|figures\b[^>]*|terminal (\d+))\s*-->",
+        )
+        .unwrap()
     })
 }
 
-/// The terminals the prose names last: `Some(vec![])` for "another terminal".
+/// In what `last_terminals` returns, "the spare terminal": the one "a spare terminal" opened last.
+const THE_SPARE: u32 = 0;
+
+/// The terminals the prose names last: `Some(vec![])` for "another terminal",
+/// `Some(vec![THE_SPARE])` for "the spare terminal".
 fn last_terminals(prose: &str) -> Option<Vec<u32>> {
     let captures = terminal_mention().captures_iter(prose).last()?;
     if captures.get(2).is_some() {
         return Some(Vec::new());
+    }
+    if captures.get(3).is_some() {
+        return Some(vec![THE_SPARE]);
     }
     Some(
         captures[1]
@@ -162,6 +178,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
             let mentioned = last_terminals(&prose.text);
             let skip = prose.skip || skip_step;
             let annotated = prose.terminal;
+            let figures = prose.figures;
             prose = Prose::default();
             let (Some(kind), true) = (kind, in_step) else {
                 continue;
@@ -183,6 +200,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
                     next_new_terminal += 1;
                     vec![100 + next_new_terminal]
                 }
+                (None, Some(named)) if named == [THE_SPARE] => vec![100 + next_new_terminal.max(1)],
                 (None, Some(named)) => named,
                 (None, None) => match (kind, last_console_terminal) {
                     (Kind::Console, Some(n)) => vec![n],
@@ -201,6 +219,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
                 kind,
                 terminals,
                 interrupt,
+                figures,
                 lines,
             });
             continue;
@@ -209,6 +228,7 @@ pub fn parse(markdown: &str) -> Vec<Step> {
             match found.get(2) {
                 Some(n) => prose.terminal = n.as_str().parse().ok(),
                 None if found[1].starts_with("skip-step") => skip_step = true,
+                None if found[1].starts_with("figures") => prose.figures = true,
                 None => prose.skip = true,
             }
         }
@@ -327,6 +347,14 @@ $ ss -tn
 > QUIT
 ```
 
+Back in the spare terminal, the machine's figures:
+
+<!-- replay: figures (sizes) -->
+```console
+$ ps -o rss= -p 15003
+3924
+```
+
 ## Step 3: figures of this machine
 
 <!-- replay: skip-step (memory figures) -->
@@ -381,8 +409,17 @@ $ not played
         // new one, and the block after it stays there.
         assert_eq!(
             terminals,
-            [vec![2, 3], vec![1], vec![101], vec![101], vec![3]]
+            [
+                vec![2, 3],
+                vec![1],
+                vec![101],
+                vec![101],
+                vec![3],
+                vec![101]
+            ]
         );
+        let figures: Vec<_> = step2.iter().map(|b| b.figures).collect();
+        assert_eq!(figures, [false, false, false, false, false, true]);
         assert_eq!(
             step2[0].lines,
             [

@@ -25,6 +25,8 @@ pub struct Pattern {
     regex: Regex,
     /// The tutorial's number behind each capture group, in order.
     numbers: Vec<String>,
+    /// Whether the numbers matched are remembered (not for a machine's figures: `figure`).
+    remember: bool,
 }
 
 fn token() -> &'static Regex {
@@ -102,6 +104,16 @@ impl Pattern {
             text: text.to_string(),
             regex: Regex::new(&regex).expect("an escaped pattern is a regex"),
             numbers,
+            remember: true,
+        }
+    }
+
+    /// A line of the machine's figures (`ps`'s RSS and VSZ): a masked number already known must
+    /// still match (a pid), any other matches any number and is not remembered.
+    pub fn figure(text: &str) -> Pattern {
+        Pattern {
+            remember: false,
+            ..Pattern::new(text)
         }
     }
 
@@ -210,7 +222,9 @@ pub fn find_all(
             Some((i, new)) => {
                 used.insert(i);
                 found.push(i);
-                bindings.extend(new);
+                if pattern.remember {
+                    bindings.extend(new);
+                }
             }
             None => missing.push(n),
         }
@@ -400,6 +414,30 @@ mod tests {
         let mut known = Bindings::new();
         known.insert("6613".into(), "300".into());
         assert!(find_all(&expected[..1], &screen, &all(&screen), &mut known).is_err());
+    }
+
+    #[test]
+    fn a_machines_figures_match_any_number_but_a_known_pid_must_match() {
+        let expected = [
+            Pattern::figure("31938    1  3924   5132 fork-server"),
+            Pattern::figure("32197    1  2132   5132 fork-server"),
+            Pattern::figure("32198    1  2132   5132 fork-server"),
+        ];
+        let screen = lines(
+            "500 1 4000 6000 fork-server\n501 1 2200 6000 fork-server\n502 1 2300 6000 fork-server",
+        );
+        let mut known = Bindings::new();
+        known.insert("31938".into(), "500".into());
+        assert!(find_all(&expected, &screen, &all(&screen), &mut known).is_ok());
+        assert_eq!(known.len(), 1);
+        // Small numbers are still compared: one thread per process.
+        let screen = lines(
+            "500 2 4000 6000 fork-server\n501 1 2200 6000 fork-server\n502 1 2300 6000 fork-server",
+        );
+        assert_eq!(
+            find_all(&expected, &screen, &all(&screen), &mut known),
+            Err(vec![0])
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! replies, its exit status, its stdout, and the events the system shows in `/proc` (a thread
 //! asleep, a connection closed), never the server's narration.
 
+use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -217,4 +218,53 @@ pub fn a_silent_client_is_told_bye_idle_on_time(server: &Server, seconds: u64) {
     assert_eq!(silent.read_line().as_deref(), Ok("BYE idle"));
     assert_bye_idle_on_time(seconds, connecting, greeted, Instant::now());
     assert!(silent.closes(), "then the connection closes");
+}
+
+/// A lab's line client (`client_binary`) prints what the server sends while its user types
+/// nothing: its greeting and replies, then a `MSG` another client's `SAY` brought, then, at the
+/// end of its input, the `OK bye` of the `QUIT` it sends for the user; and it exits with 0.
+pub fn the_client_prints_msg_lines_while_the_user_is_still_typing(
+    server: &Server,
+    client_binary: &str,
+) {
+    let mut child = crate::spawn_client(client_binary, server.port());
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(crate::READ_TIMEOUT)
+            .unwrap_or_else(|_| panic!("{client_binary} printed no line within the read timeout"))
+    };
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(b"ECHO ready\n")
+        .expect("write to the client");
+    let hello = next();
+    assert!(hello.starts_with("HELLO "), "greeting: {hello:?}");
+    assert_eq!(next(), "OK ready");
+
+    // The user has typed nothing more; a message from another client shows up anyway.
+    let mut other = server.greeted();
+    let other_id = other.client_id();
+    assert_eq!(other.request("SAY are you there?"), "OK");
+    assert_eq!(next(), format!("MSG {other_id} are you there?"));
+
+    drop(stdin); // end of input: the client says QUIT and ends
+    assert_eq!(next(), "OK bye");
+    let ended = crate::wait_until(Duration::from_secs(10), || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for the client");
+    assert!(
+        ended && status.success(),
+        "{client_binary} ended with {status}"
+    );
 }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use socket2::{Domain, Socket, Type};
 use tests::{
-    help_listing, observe, procfs, run_binary, run_demo, spawn_client, wait_until, Client, Demo,
-    Server,
+    help_listing, observe, procfs, run_binary, run_demo, wait_until, Client, Demo, Server,
 };
 
 const SERVER: &str = "thread-server";
@@ -708,35 +707,5 @@ fn the_demo_shows_one_pid_and_a_thread_per_client() {
 #[test]
 fn the_client_prints_msg_lines_while_the_user_is_still_typing() {
     let server = Server::start(SERVER, &[]);
-    let mut child = spawn_client("thread-client", server.port());
-    let (lines_tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let next = || {
-        lines
-            .recv_timeout(tests::READ_TIMEOUT)
-            .expect("a line from the client")
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"ECHO ready\n").unwrap();
-    assert!(next().starts_with("HELLO thread pid="));
-    assert_eq!(next(), "OK ready");
-
-    // The "user" has typed nothing more; a message from another client shows up anyway.
-    let mut other = server.greeted();
-    let other_id = other.client_id();
-    assert_eq!(other.request("SAY are you there?"), "OK");
-    assert_eq!(next(), format!("MSG {other_id} are you there?"));
-
-    drop(stdin); // end of input: the client says QUIT and ends
-    assert_eq!(next(), "OK bye");
-    assert!(
-        wait_until(SETTLE, || child.try_wait().unwrap().is_some()),
-        "the client ended"
-    );
-    assert!(child.wait().unwrap().success());
+    observe::the_client_prints_msg_lines_while_the_user_is_still_typing(&server, "thread-client");
 }

@@ -790,6 +790,12 @@ fn client_ids_are_unique_among_live_clients() {
 }
 
 #[test]
+fn the_client_prints_msg_lines_while_the_user_is_still_typing() {
+    let server = Server::start(SERVER, &[]);
+    observe::the_client_prints_msg_lines_while_the_user_is_still_typing(&server, "ipc-client");
+}
+
+#[test]
 fn help_exits_0_and_bad_usage_exits_2() {
     let help = tests::help_listing(
         SERVER,

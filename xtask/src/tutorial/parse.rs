@@ -93,7 +93,7 @@ fn terminal_mention() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"(?i)(?:terminals? |터미널 )(\d(?:(?:, and |, | and |과 |와 |, 터미널 |과 터미널 |와 터미널 )\d)*)|(another terminal|a spare terminal|다른 터미널|남는 터미널)|(the spare terminal|그 남는 터미널)",
+            r"(?i)(?:terminals?\s+|터미널\s+)(\d(?:(?:,\s+and\s+|,\s+|\s+and\s+|과\s+|와\s+|,\s+터미널\s+|과\s+터미널\s+|와\s+터미널\s+)\d)*)|(another terminal|a spare terminal|다른 터미널|남는 터미널)|(the spare terminal|그 남는 터미널)",
         )
         .unwrap()
     })
@@ -294,7 +294,8 @@ listening on 127.0.0.1:7009
 
 ## Step 2: two clients
 
-Terminals 2 and 3, then type `WHO`:
+Terminals 2
+and 3, then type `WHO`:
 
 ```console
 $ cargo run -p lab09-sample --bin sample-client
@@ -439,7 +440,7 @@ $ not played
                 "[  4.538s sample pid=15003] accepted client 1".into()
             )]
         );
-        assert_eq!(step2[0].line, 22);
+        assert_eq!(step2[0].line, 23);
         assert_eq!(steps[3].blocks[0].terminals, [2, 3, 4]);
     }
 }

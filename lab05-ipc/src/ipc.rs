@@ -232,13 +232,12 @@ impl Ipc {
     }
 }
 
-/// Narrates `removed <what>`, or why not; returns whether it was removed.
-pub fn report_removal(what: &str, result: nix::Result<()>) -> bool {
+/// Narrates `removed <what>`, or why not.
+pub fn report_removal(what: &str, result: nix::Result<()>) {
     match result {
         Ok(()) => narrate!("removed {what}"),
         Err(e) => narrate!("cannot remove {what}: {e}"),
     }
-    result.is_ok()
 }
 
 impl Mailbox {

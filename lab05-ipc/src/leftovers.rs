@@ -40,16 +40,15 @@ fn is_stale(server_pid: u32, me: u32) -> bool {
     server_pid == me || !is_alive(server_pid)
 }
 
-/// Removes the POSIX objects of dead servers; returns how many.
-pub fn remove_stale_posix(me: u32) -> usize {
+/// Removes the POSIX objects of dead servers.
+pub fn remove_stale_posix(me: u32) {
     let entries = match fs::read_dir("/dev/shm") {
         Ok(entries) => entries,
         Err(e) => {
             narrate!("cannot list /dev/shm to look for leftovers of killed servers: {e}");
-            return 0;
+            return;
         }
     };
-    let mut removed = 0;
     for file in entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -61,33 +60,30 @@ pub fn remove_stale_posix(me: u32) -> usize {
         if name == posix::shm_name(server_pid) {
             if let Ok(memory) = SharedMemory::open_existing(&name) {
                 for child in memory.board().members(0) {
-                    removed +=
-                        remove_stale_queue(&posix::queue_name(server_pid, child.pid), server_pid);
+                    remove_stale_queue(&posix::queue_name(server_pid, child.pid), server_pid);
                 }
             }
         }
         let what = format!("stale shared memory {name} (its server, pid {server_pid}, is gone)");
-        removed += usize::from(report_removal(&what, posix::remove_memory(&name)));
+        report_removal(&what, posix::remove_memory(&name));
     }
-    removed
 }
 
-fn remove_stale_queue(name: &str, server_pid: u32) -> usize {
+fn remove_stale_queue(name: &str, server_pid: u32) {
     match posix::remove_queue(name) {
-        Err(Errno::ENOENT) => 0, // that child had removed it, or never made it
+        Err(Errno::ENOENT) => {} // that child had removed it, or never made it
         result => {
             let what =
                 format!("stale message queue {name} (its server, pid {server_pid}, is gone)");
-            usize::from(report_removal(&what, result))
+            report_removal(&what, result);
         }
     }
 }
 
-/// Removes the System V objects of dead servers (our keys, our user's); returns how many.
-pub fn remove_stale_sysv(me: u32) -> usize {
+/// Removes the System V objects of dead servers (our keys, our user's).
+pub fn remove_stale_sysv(me: u32) {
     // SAFETY: getuid cannot fail and touches no memory of ours.
     let uid = unsafe { libc::getuid() };
-    let mut removed = 0;
     for (table, kind) in [("shm", Object::Memory), ("msg", Object::Queue)] {
         let text = fs::read_to_string(format!("/proc/sysvipc/{table}")).unwrap_or_default();
         for line in text.lines().skip(1) {
@@ -110,8 +106,7 @@ pub fn remove_stale_sysv(me: u32) -> usize {
             let what = format!(
                 "stale System V {what} key {key:#010x} id {id} (its server, pid {server_pid}, is gone)"
             );
-            removed += usize::from(report_removal(&what, result));
+            report_removal(&what, result);
         }
     }
-    removed
 }

@@ -3,10 +3,11 @@
 //! The tutorials follow a few conventions, and the parser follows them:
 //!
 //! - A step is a `## Step N: ...` section (Korean: `## N단계: ...`).
-//! - A ` ```console ` block is typed: `$ ` lines are shell commands, `> ` lines what the student
-//!   types into the client running in that terminal, `^Z` or `^C` alone a key pressed, `...` (or
-//!   a line starting with `...`) an elided part of the output, every other line output the screen
-//!   must show.
+//! - A ` ```console ` block is typed: `$ ` lines are shell commands (a trailing `\` continues one
+//!   on the next line), `> ` lines what the student types into the client running in that
+//!   terminal, `^Z` or `^C` alone a key pressed, `...` (or a line starting with `...`) an elided
+//!   part of the output, every other line output the screen must show (after a `←`, the
+//!   tutorial's note on the line, not output).
 //! - A ` ```text ` block is output only (a server's narration); it is compared when the prose just
 //!   before it names the terminal it shows (`Terminal 1:`). A first line starting with `^C` means
 //!   the student pressed Ctrl-C in that terminal.
@@ -253,6 +254,13 @@ fn block_lines(body: &[&str], kind: Kind) -> (bool, Vec<Line>) {
                 }
             }
         }
+        // A command continued on the next line (`strace -e ... \` then the program): one line.
+        if let Some(Line::Command(command)) = lines.last_mut() {
+            if let Some(start) = command.strip_suffix('\\') {
+                *command = format!("{} {}", start.trim_end(), text.trim());
+                continue;
+            }
+        }
         let line = if text.starts_with("...") {
             Line::Elided
         } else if kind == Kind::Console && (text == "^Z" || text == "^C") {
@@ -350,6 +358,11 @@ $ ss -tn
 
 Back in the spare terminal, the machine's figures:
 
+```console
+$ strace -e trace=read \
+    ps -o rss= -p 15003
+```
+
 <!-- replay: figures (sizes) -->
 ```console
 $ ps -o rss= -p 15003
@@ -416,11 +429,18 @@ $ not played
                 vec![101],
                 vec![101],
                 vec![3],
+                vec![101],
                 vec![101]
             ]
         );
         let figures: Vec<_> = step2.iter().map(|b| b.figures).collect();
-        assert_eq!(figures, [false, false, false, false, false, true]);
+        assert_eq!(figures, [false, false, false, false, false, false, true]);
+        assert_eq!(
+            step2[5].lines,
+            [Line::Command(
+                "strace -e trace=read ps -o rss= -p 15003".into()
+            )]
+        );
         assert_eq!(
             step2[0].lines,
             [

@@ -51,7 +51,8 @@ fn token() -> &'static Regex {
 
 impl Pattern {
     pub fn new(text: &str) -> Pattern {
-        let text = text.trim();
+        // `... = 1    ← the listener is ready`: what follows the arrow is the tutorial's note.
+        let text = text.split('←').next().unwrap_or_default().trim();
         // A string strace cut short (`"HELLO iterative pid=17409 tid=17"..., 36`): its length
         // counts the pid's digits, so every number of two digits or more is masked.
         let truncated = text.contains("\"...");
@@ -295,6 +296,10 @@ mod tests {
                 "19:01:02.000001 accept4(3, 0x7ffc00000001, [128], SOCK_CLOEXEC) = ? ERESTARTSYS",
                 &known
             )
+            .is_some());
+        let noted = Pattern::new("accept4(8, NULL, NULL, SOCK_CLOEXEC) = 10    ← a client");
+        assert!(noted
+            .matches("accept4(8, NULL, NULL, SOCK_CLOEXEC) = 10", &known)
             .is_some());
         let tree = Pattern::new("fork-server(6613)-+-fork-server(6798)");
         assert!(tree

@@ -13,7 +13,7 @@
 //!   then asks the kernel (`mq_open` without `O_CREAT`) whether a name still exists;
 //! - System V objects are rows of `/proc/sysvipc/shm` and `/proc/sysvipc/msg`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -51,6 +51,24 @@ pub fn queues_held_by(pid: i32, server_pid: i32) -> BTreeSet<String> {
     procfs::fd_links(pid)
         .into_iter()
         .filter(|target| target.starts_with(&prefix))
+        .collect()
+}
+
+/// The permission bits (`mode & 0o777`) of each POSIX message queue of server `server_pid` that
+/// process `pid` holds open: `stat` through `/proc/<pid>/fd/<n>` reaches the queue itself, mounted
+/// or not.
+pub fn queue_modes_held_by(pid: i32, server_pid: i32) -> BTreeMap<String, u32> {
+    let prefix = format!("/{}", name_prefix(server_pid));
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let target = fs::read_link(&path).ok()?.to_string_lossy().into_owned();
+            let mode = fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            target.starts_with(&prefix).then_some((target, mode))
+        })
         .collect()
 }
 

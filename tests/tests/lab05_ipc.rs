@@ -7,8 +7,11 @@
 //! and the harness kills the rest with SIGKILL (which leaves IPC objects behind: the next server
 //! to start removes them, which is one of the things tested).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tests::ipc::{
-    queue_exists, queues_held_by, queues_of, shm_objects_of, startup_lock, sysv_objects_of,
-    QueueBudget,
+    name_prefix, queue_exists, queue_modes_held_by, queues_held_by, queues_of, shm_objects_of,
+    startup_lock, sysv_objects_of, QueueBudget,
 };
 use tests::{binary, observe, procfs, run_binary, run_demo, wait_until, Client, Demo, Server};
 
@@ -524,6 +527,67 @@ fn the_leftovers_of_a_killed_server_are_removed_by_the_next_start() {
     assert_eq!(c.request("INCR"), "OK 1");
 }
 
+/// A server killed between `shm_open` and `ftruncate` leaves an empty shared-memory object. The
+/// next server removes it like any other leftover, and does not read a board that is not there
+/// (touching a mapping past the end of its object kills a process with SIGBUS).
+#[test]
+fn an_empty_leftover_shared_memory_object_is_removed_and_the_server_starts() {
+    let budget = QueueBudget::take(16);
+    let lock = startup_lock(true); // no other server starts (and cleans) meanwhile
+    let dead = {
+        let mut child = Command::new("true").spawn().expect("run true");
+        child.wait().expect("wait for true");
+        i32::try_from(child.id()).expect("a pid")
+    };
+    let path = format!("/dev/shm/{}shm", name_prefix(dead));
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+    let server = Stopping {
+        server: Server::start(SERVER, &[]),
+        _budget: Some(budget),
+    };
+    drop(lock);
+    let left = Path::new(&path).exists();
+    if left {
+        let _ = fs::remove_file(&path);
+    }
+    assert!(!left, "{path} was not removed:\n{}", server.stderr());
+    let mut client = server.greeted();
+    assert_eq!(client.request("INCR"), "OK 1");
+}
+
+/// The shared memory and every child's queue are private to the user who runs the server (mode
+/// 0600): no other user may read the counter or post into a child's mailbox.
+#[test]
+fn the_ipc_objects_are_private_to_the_user() {
+    let server = start(&[]);
+    let mut client = server.greeted();
+    assert_eq!(client.request("INCR"), "OK 1");
+    let shm = shm_objects_of(server.pid());
+    assert!(!shm.is_empty(), "no shared memory in /dev/shm");
+    for name in &shm {
+        let mode = fs::metadata(format!("/dev/shm/{name}"))
+            .expect("stat the shared memory")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "/dev/shm/{name}: mode {mode:o}");
+    }
+    let child = client.serving_pid();
+    let mut modes = BTreeMap::new();
+    wait_until(Duration::from_secs(10), || {
+        modes = queue_modes_held_by(child, server.pid());
+        !modes.is_empty()
+    });
+    assert!(!modes.is_empty(), "child {child} holds no queue");
+    for (queue, mode) in &modes {
+        assert_eq!(*mode, 0o600, "{queue}: mode {mode:o}");
+    }
+}
+
 #[test]
 fn two_servers_side_by_side_share_nothing() {
     let one = start(&[]);
@@ -845,6 +909,9 @@ fn sysv_three_clients_three_children_one_counter_in_a_system_v_segment() {
     assert_eq!(shm[0][4], server.pid().to_string(), "cpid: {:?}", shm[0]);
     assert_eq!(shm[0][6], "4", "nattch: {:?}", shm[0]);
     assert_eq!(msg.len(), 1, "{}", server.stderr());
+    // Private to the user, as the POSIX objects are: perms 600.
+    assert_eq!(shm[0][2], "600", "perms: {:?}", shm[0]);
+    assert_eq!(msg[0][2], "600", "perms: {:?}", msg[0]);
     // And nothing in /dev/shm: this is not POSIX shared memory.
     assert_eq!(shm_objects_of(server.pid()), Vec::<String>::new());
     assert_single_threaded([server.pid()].into_iter().chain(pids));

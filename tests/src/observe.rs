@@ -268,3 +268,33 @@ pub fn the_client_prints_msg_lines_while_the_user_is_still_typing(
         "{client_binary} ended with {status}"
     );
 }
+
+/// Panics unless every thread of every process in `pids` is asleep (state `S` in `/proc`) and
+/// stays asleep for half a second: a server with nothing to do waits in the kernel (`poll`,
+/// `accept`, `read`). One that loops on a descriptor that is always ready (a wake-up pipe it
+/// never empties, say) is always runnable (`R`), however loaded the machine is.
+pub fn assert_idle_processes_sleep(pids: &[i32]) {
+    let states = || -> Vec<(i32, char)> {
+        pids.iter()
+            .flat_map(|&pid| crate::procfs::threads(pid))
+            .filter_map(|tid| Some((tid, crate::procfs::stat(tid)?.state)))
+            .collect()
+    };
+    let asleep = || states().iter().all(|&(_, state)| state == 'S');
+    // What was just served may still be on its way back into the kernel.
+    let settled = crate::wait_until(Duration::from_secs(5), asleep);
+    assert!(
+        settled,
+        "not asleep 5 s after the last request: {:?}",
+        states()
+    );
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        let now = states();
+        assert!(
+            now.iter().all(|&(_, state)| state == 'S'),
+            "an idle server woke up with nothing to do: {now:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -200,6 +200,15 @@ fn say_reaches_the_others_served_by_other_processes_and_not_the_sender() {
             assert!(queue_exists(queue), "{queue} exists while its child runs");
         }
     }
+    // With the messages delivered and nothing to do, every process waits in the kernel.
+    observe::assert_idle_processes_sleep(&server_and_children(&server));
+}
+
+/// The server and its children: every process of a fork server.
+fn server_and_children(server: &Server) -> Vec<i32> {
+    std::iter::once(server.pid())
+        .chain(procfs::children_of(server.pid()))
+        .collect()
 }
 
 #[test]
@@ -937,6 +946,8 @@ fn sysv_say_reaches_the_others_and_not_the_sender() {
     // Everything was taken out of the one queue.
     let (_, msg) = sysv_objects_of(server.pid());
     assert_eq!(msg[0][4], "0", "messages left in the queue: {:?}", msg[0]);
+    // And the wake-ups that brought it are used up: every process waits in the kernel again.
+    observe::assert_idle_processes_sleep(&server_and_children(&server));
 }
 
 #[test]

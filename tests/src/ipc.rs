@@ -17,12 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::mqueue::{mq_close, mq_open, MQ_OFlag};
+use nix::mqueue::{mq_close, mq_open, mq_unlink, MQ_OFlag, MqAttr};
 use nix::sys::stat::Mode;
 
 use crate::procfs;
@@ -216,6 +217,7 @@ impl QueueBudget {
                         .unwrap_or_else(|(_, e)| panic!("flock queue slot {i}: {e}"))
                 })
                 .collect();
+            check_room(needed * QUEUES_PER_SLOT);
             return QueueBudget { _slots: slots };
         }
         // One slot: any free one, starting from the last (the first ones are where tests that
@@ -223,12 +225,61 @@ impl QueueBudget {
         loop {
             for i in (0..SLOTS).rev() {
                 match Flock::lock(slot(i), FlockArg::LockExclusiveNonblock) {
-                    Ok(lock) => return QueueBudget { _slots: vec![lock] },
+                    Ok(lock) => {
+                        check_room(QUEUES_PER_SLOT);
+                        return QueueBudget { _slots: vec![lock] };
+                    }
                     Err((_, Errno::EWOULDBLOCK)) => continue,
                     Err((_, e)) => panic!("flock queue slot {i}: {e}"),
                 }
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// With our slots held, `count` queues the size of an `ipc-server` child's (2 messages of 4,160
+/// bytes) must fit in this user's budget, since every other test holds queues only within its own
+/// slots. If they do not, queues outside the tests hold it: most likely ones that a killed or
+/// broken `ipc-server` left behind (a queue stays until someone removes its name, or the machine
+/// restarts). Say so, and how to remove them, rather than let a server's `mq_open` fail with
+/// EMFILE and a test fail for a reason that is not the server's.
+fn check_room(count: usize) {
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+    let attr = MqAttr::new(0, 2, 4160, 0);
+    let flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDONLY;
+    let mut made = Vec::new();
+    let mut failure = None;
+    for _ in 0..count {
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let name = format!("/netlabs-tests-probe-{}-{n}", std::process::id());
+        match mq_open(
+            name.as_str(),
+            flags,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+            Some(&attr),
+        ) {
+            Ok(queue) => made.push((name, queue)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let fitted = made.len();
+    for (name, queue) in made {
+        let _ = mq_close(queue);
+        let _ = mq_unlink(name.as_str());
+    }
+    if failure == Some(Errno::EMFILE) {
+        panic!(
+            "only {fitted} of the {count} message queues this test needs fit in your POSIX \
+             message-queue budget (RLIMIT_MSGQUEUE, `grep msgqueue /proc/self/limits`), and no \
+             other test holds them: queues left behind by an ipc-server that was killed or \
+             broken before it removed them take the rest. They stay until removed or until the \
+             machine restarts. To list and remove them (as root, or with sudo): \
+             mkdir -p /dev/mqueue; mount -t mqueue none /dev/mqueue; ls /dev/mqueue; \
+             rm /dev/mqueue/netlabs-ipc-*"
+        );
     }
 }

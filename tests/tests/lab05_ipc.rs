@@ -709,6 +709,7 @@ fn max_children_makes_further_clients_wait_in_the_accept_queue() {
 
 #[test]
 fn the_demo_shows_separate_pids_sharing_one_counter_and_one_chat() {
+    let _budget = QueueBudget::take(3); // its three children's queues
     let _lock = startup_lock(false);
     let Demo { stdout, .. } = run_demo(SERVER, 3);
     let pids: BTreeSet<&str> = stdout

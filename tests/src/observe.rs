@@ -298,3 +298,32 @@ pub fn assert_idle_processes_sleep(pids: &[i32]) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A lab's line client (`client_binary`) fed two requests and then the end of its input: it
+/// prints the server's greeting (`HELLO <model> ...`), each reply in turn, and the `OK bye` of the
+/// `QUIT` it sends for the user at the end, and exits with 0.
+pub fn the_client_sends_stdin_lines_and_prints_replies(
+    server: &Server,
+    client_binary: &str,
+    model: &str,
+) {
+    let (status, stdout) = crate::run_client(
+        client_binary,
+        server.port(),
+        b"ECHO from the client\nINCR\n",
+        Duration::from_secs(10),
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with(&format!("HELLO {model} pid="))),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["OK from the client", "OK 1", "OK bye"],
+        "{stdout}"
+    );
+    assert!(status.success());
+}

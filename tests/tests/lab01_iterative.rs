@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tests::{
-    help_listing, observe, procfs, run_binary, run_client, run_demo, run_with_timeout, tool,
-    Client, Demo, Server, SHARED_FLAGS,
+    help_listing, observe, procfs, run_binary, run_demo, run_with_timeout, tool, Client, Demo,
+    Server, SHARED_FLAGS,
 };
 
 const SERVER: &str = "iterative-server";
@@ -297,21 +297,11 @@ fn help_lists_the_shared_flags() {
 #[test]
 fn the_client_sends_stdin_lines_and_prints_replies() {
     let server = Server::start(SERVER, &[]);
-    // Then EOF: the client sends QUIT.
-    let (status, stdout) = run_client(
+    observe::the_client_sends_stdin_lines_and_prints_replies(
+        &server,
         "iterative-client",
-        server.port(),
-        b"ECHO from the client\nINCR\n",
-        Duration::from_secs(10),
+        "iterative",
     );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].starts_with("HELLO iterative pid="), "{stdout}");
-    assert_eq!(
-        lines[1..],
-        ["OK from the client", "OK 1", "OK bye"],
-        "{stdout}"
-    );
-    assert!(status.success());
 }
 
 #[test]

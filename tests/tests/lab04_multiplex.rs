@@ -690,26 +690,11 @@ fn the_demo_shows_one_thread_and_a_sleep_freezing_everyone() {
 #[test]
 fn the_client_sends_stdin_lines_and_prints_replies() {
     let server = Server::start(SERVER, &[]);
-    // Then EOF: the client sends QUIT.
-    let (status, stdout) = tests::run_client(
+    observe::the_client_sends_stdin_lines_and_prints_replies(
+        &server,
         "multiplex-client",
-        server.port(),
-        b"ECHO from the client\nINCR\n",
-        Duration::from_secs(10),
+        "multiplex",
     );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(
-        lines
-            .first()
-            .is_some_and(|l| l.starts_with("HELLO multiplex pid=")),
-        "{stdout}"
-    );
-    assert_eq!(
-        lines[1..],
-        ["OK from the client", "OK 1", "OK bye"],
-        "{stdout}"
-    );
-    assert!(status.success());
 }
 
 #[test]
@@ -734,15 +719,21 @@ fn a_client_that_resets_is_closed_and_its_descriptor_freed() {
         let with_client = procfs::fd_count(server.pid());
         // A reset (RST) instead of a FIN: the server's next read fails with ECONNRESET.
         client.reset();
-        assert!(
-            wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
-                < with_client),
-            "{args:?}: the reset client's descriptor is still open ({} open, {with_client} with it)",
-            procfs::fd_count(server.pid())
-        );
-        let mut next = server.greeted();
-        assert_eq!(next.request("ECHO after"), "OK after", "{args:?}");
+        assert_the_reset_client_is_closed(&server, with_client, &format!("{args:?}"));
     }
+}
+
+/// After a client reset its connection: the server closes its descriptor (the count of open ones
+/// falls below `with_client`, counted while it was connected) and serves the next client.
+fn assert_the_reset_client_is_closed(server: &Server, with_client: usize, label: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
+            < with_client),
+        "{label}: the reset client's descriptor is still open ({} open, {with_client} with it)",
+        procfs::fd_count(server.pid())
+    );
+    let mut next = server.greeted();
+    assert_eq!(next.request("ECHO after"), "OK after", "{label}");
 }
 
 #[test]
@@ -835,14 +826,7 @@ fn a_client_that_resets_while_its_replies_wait_is_closed_and_its_descriptor_free
         socket.set_linger(Some(Duration::ZERO)).unwrap();
         drop(socket);
         drop(reader);
-        assert!(
-            wait_until(Duration::from_secs(10), || procfs::fd_count(server.pid())
-                < with_client),
-            "{api}: the reset client's descriptor is still open ({} open, {with_client} with it)",
-            procfs::fd_count(server.pid())
-        );
-        let mut next = server.greeted();
-        assert_eq!(next.request("ECHO after"), "OK after", "{api}");
+        assert_the_reset_client_is_closed(&server, with_client, api);
     }
 }
 
@@ -866,25 +850,7 @@ fn an_idle_loop_sleeps_in_its_wait_after_a_client_has_left() {
         ) < with_both));
         // Nothing to do now: the loop must sleep in its wait, not wake again and again (for a
         // descriptor it still watches after closing it, or for writability it does not need).
-        // An idle server uses no CPU; one that spins uses its share of a core, even on a busy
-        // machine.
-        let before = cpu_ticks(server.pid());
-        thread::sleep(Duration::from_millis(1500));
-        let used = cpu_ticks(server.pid()) - before;
-        assert!(
-            used < 10,
-            "{args:?}: {used} clock ticks of CPU in 1.5 s with nothing to do"
-        );
+        observe::assert_idle_processes_sleep(&[server.pid()]);
         assert_eq!(staying.request("ECHO still here"), "OK still here");
     }
-}
-
-/// The CPU time process `pid` has used, user and system, in clock ticks (`/proc/<pid>/stat`).
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the server's stat");
-    // After the command name (which runs to the last ')'): state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
